@@ -1,9 +1,9 @@
 """Detector models: the Cross Efficient ViT teacher, the student, and how to load either."""
 
-from .base import FaceClassifier, WeightsError, load_weights
+from ..errors import ModelNotFoundError, WeightsError
+from .base import FaceClassifier, load_weights
 from .cross_efficient_vit import CrossEfficientViT
-from .hub import (MODEL_CLASSES, ModelNotFoundError, default_reference, load_model, save_model,
-                  weights_folder)
+from .hub import MODEL_CLASSES, default_reference, load_model, save_model, weights_folder
 from .student import StudentCNN
 
 __all__ = [

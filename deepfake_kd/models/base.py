@@ -18,14 +18,12 @@ from huggingface_hub import PyTorchModelHubMixin, save_torch_state_dict
 from safetensors.torch import load_file
 from torch import nn
 
+from ..errors import WeightsError
+
 WEIGHTS_FILE = "model.safetensors"
 WEIGHTS_INDEX_FILE = "model.safetensors.index.json"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 MAX_SHARD_SIZE = "45MB"  # keeps every released file under the 50 MB limit for git
-
-
-class WeightsError(RuntimeError):
-    """A weights folder that cannot be loaded as-is; the message names the file and the fix."""
 
 
 def hub_mixin_kwargs(model_name: str) -> dict:

@@ -15,7 +15,8 @@ from huggingface_hub import snapshot_download
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
-from .base import FaceClassifier, WeightsError
+from ..errors import ModelNotFoundError, WeightsError
+from .base import FaceClassifier
 from .cross_efficient_vit import CrossEfficientViT
 from .student import StudentCNN
 
@@ -26,10 +27,6 @@ WEIGHTS_DIR = Path(__file__).resolve().parents[2] / "weights"
 DEFAULT_REFERENCES = {"teacher": WEIGHTS_DIR / "teacher", "student": WEIGHTS_DIR / "student"}
 ENV_REFERENCES = {"teacher": "DEEPFAKE_KD_TEACHER", "student": "DEEPFAKE_KD_STUDENT"}
 HUB_FILES = ["*.json", "*.safetensors", "README.md"]
-
-
-class ModelNotFoundError(RuntimeError):
-    """No weights at a reference; the message lists what was tried."""
 
 
 def default_reference(role: str) -> str:

@@ -1,0 +1,38 @@
+"""`python -m deepfake_kd <command>`: each command lives beside the code it runs (`add_cli`)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from .errors import DeepfakeKDError
+
+# Modules that register a subcommand, in the order of the pipeline.
+COMMAND_MODULES = ["data", "train", "distill", "evaluate", "analysis", "bench", "publish"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m deepfake_kd", description=__doc__)
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"deepfake_kd.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"deepfake_kd.{name}":
+                raise
+            continue  # command not written yet
+        module.add_cli(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except DeepfakeKDError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
