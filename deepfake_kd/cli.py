@@ -22,7 +22,8 @@ def build_parser() -> argparse.ArgumentParser:
             if exc.name != f"deepfake_kd.{name}":
                 raise
             continue  # command not written yet
-        module.add_cli(subparsers)
+        if hasattr(module, "add_cli"):
+            module.add_cli(subparsers)
     return parser
 
 

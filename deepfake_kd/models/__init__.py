@@ -3,11 +3,12 @@
 from ..errors import ModelNotFoundError, WeightsError
 from .base import FaceClassifier, load_weights
 from .cross_efficient_vit import CrossEfficientViT
+from .efficientnet_classifier import EfficientNetClassifier
 from .hub import MODEL_CLASSES, default_reference, load_model, save_model, weights_folder
 from .student import StudentCNN
 
 __all__ = [
-    "FaceClassifier", "WeightsError", "load_weights", "CrossEfficientViT", "StudentCNN",
+    "FaceClassifier", "WeightsError", "load_weights", "CrossEfficientViT", "StudentCNN", "EfficientNetClassifier",
     "MODEL_CLASSES", "ModelNotFoundError", "default_reference", "load_model", "save_model",
     "weights_folder",
 ]

@@ -55,7 +55,7 @@ class FaceClassifier(nn.Module, PyTorchModelHubMixin):
 
     def preprocess(self, crops) -> torch.Tensor:
         """uint8 RGB crops (numpy [N,H,W,3] or tensor [N,3,H,W]) -> normalised float input."""
-        x = torch.from_numpy(np.ascontiguousarray(crops)).permute(0, 3, 1, 2) \
+        x = torch.from_numpy(np.array(crops, dtype=np.uint8)).permute(0, 3, 1, 2) \
             if isinstance(crops, np.ndarray) else crops
         assert x.ndim == 4 and x.shape[1] == 3, f"expected RGB crops, got {tuple(x.shape)}"
         x = x.float().div_(255.0)

