@@ -1,0 +1,39 @@
+"""What one analysis accepts: the bounds that keep time and memory predictable for any upload.
+
+One `Limits` object travels from the caller (CLI, app, tests) through video sampling and face
+detection, so a Space and a laptop can set different bounds without touching the pipeline.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+MB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Hard limits (exceeding one raises VideoError) and the frame size kept in memory.
+
+    - `max_file_mb`: size of the upload on disk.
+    - `max_duration_s`: length of the clip; sampling cost grows with it because frames between
+      the sampled ones are decoded to reach them.
+    - `max_frame_pixels`: width x height of the video stream; 4096x2160 (DCI 4K) is the largest
+      accepted, which covers phone and camera footage.
+    - `max_frames`: how many frames one analysis may sample.
+    - `keep_long_side`: not a rejection limit. Every sampled frame is resized on read so its long
+      side is at most this, which bounds memory at about
+      max_frames x keep_long_side^2 x 9/16 x 3 bytes (128 frames of 1920x1080: 0.8 GB; the
+      default 32 frames: 0.2 GB). 1920 keeps 1080p clips (the DFDC training videos) at full
+      resolution, so face crops see the same pixels the training crops did; 4K is halved.
+    """
+
+    max_file_mb: float = 200.0
+    max_duration_s: float = 300.0
+    max_frame_pixels: int = 4096 * 2160
+    max_frames: int = 128
+    keep_long_side: int = 1920
+
+    @property
+    def max_file_bytes(self) -> int:
+        return int(self.max_file_mb * MB)

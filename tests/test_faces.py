@@ -1,0 +1,81 @@
+"""Face detection, training-style crops, and grouping faces into tracks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import FACE_FRAMES
+from deepfake_kd.faces import CROP_SIZE, FaceDetector, assign_tracks, square_crop
+from deepfake_kd.video import sample_frames
+
+
+def test_faces_found_only_where_the_face_is(face_clip, detector):
+    video = sample_frames(face_clip, num_frames=12)
+    faces = detector.detect(video.frames)
+    assert [i for i, frame_faces in enumerate(faces) if frame_faces] == FACE_FRAMES
+    found = [frame_faces[0] for frame_faces in faces if frame_faces]
+    assert all(len(faces[i]) == 1 for i in FACE_FRAMES)
+    assert {face.track_id for face in found} == {0}  # one person, one track
+    assert all(face.prob >= 0.9 for face in found)
+    assert all(face.crop.shape == (CROP_SIZE, CROP_SIZE, 3) and face.crop.dtype == np.uint8
+               for face in found)
+    # The face moves right and grows across the clip (see conftest.landscape_frames).
+    centres = [(face.box[0] + face.box[2]) / 2 for face in found]
+    sides = [face.box[2] - face.box[0] for face in found]
+    assert centres == sorted(centres) and sides[-1] > sides[0]
+
+
+def test_boxes_are_in_full_resolution_pixels(face_clip, detector):
+    frames = sample_frames(face_clip, num_frames=12).frames[FACE_FRAMES[0]:FACE_FRAMES[0] + 2]
+    full = detector.detect(frames)
+    shrunk = FaceDetector(detect_long_side=320).detect(frames)
+    for a, b in zip(full, shrunk):
+        assert np.allclose(a[0].box, b[0].box, atol=8)
+
+
+def test_portrait_frames(portrait_clip, detector):
+    faces = detector.detect(sample_frames(portrait_clip, num_frames=8).frames)
+    assert all(len(frame_faces) == 1 for frame_faces in faces)
+
+
+def test_square_crop_is_tight_centred_and_padded():
+    frame = np.zeros((100, 200, 3), dtype=np.uint8)
+    frame[20:60, 50:90] = 255  # a 40x40 white square
+    crop = square_crop(frame, (50, 30, 90, 50), size=40)  # 40 wide, 20 tall: side 40, centred
+    assert crop.shape == (40, 40, 3)
+    assert crop[:, :, 0].min() == 255  # exactly the white square: no margin, no black
+    corner = square_crop(frame, (-10, -10, 10, 10), size=20)  # half outside the frame
+    assert corner[:10].max() == 0 and corner[:, :10].max() == 0  # zero-padded, not stretched
+    big = square_crop(np.full((500, 500, 3), 7, np.uint8), (0, 0, 400, 300), size=CROP_SIZE)
+    assert big.shape == (CROP_SIZE, CROP_SIZE, 3)
+
+
+def box(cx, cy, side=50):
+    return (cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2)
+
+
+def test_two_people_keep_their_tracks():
+    left = [box(100 + 5 * k, 100) for k in range(6)]
+    right = [box(300 - 5 * k, 110, side=60) for k in range(6)]
+    frames = [[left[0], right[0]],
+              [right[1], left[1]],  # detection order changes
+              [right[2]],  # left person missed
+              [],  # nobody detected
+              [left[4], right[4]],  # left comes back: same track, not a new one
+              [right[5], left[5]]]
+    tracks = assign_tracks(frames)
+    assert tracks == [[0, 1], [1, 0], [1], [], [0, 1], [1, 0]]
+
+
+def test_distant_or_differently_sized_faces_start_new_tracks():
+    tracks = assign_tracks([[box(100, 100)], [box(400, 100)], [box(400, 100, side=200)]])
+    assert tracks == [[0], [1], [2]]
+    assert assign_tracks([]) == []
+
+
+@pytest.mark.parametrize("min_face_px, expected", [(64, 1), (500, 0)])
+def test_small_faces_are_dropped(face_clip, min_face_px, expected):
+    frame = sample_frames(face_clip, num_frames=12).frames[FACE_FRAMES[0]]
+    faces = FaceDetector(min_face_px=min_face_px).detect([frame])
+    assert len(faces[0]) == expected

@@ -1,0 +1,114 @@
+"""Frame sampling: even spread, orientation, downscaling, limits, and every kind of bad upload."""
+
+from __future__ import annotations
+
+import shutil
+import wave
+
+import numpy as np
+import pytest
+
+from conftest import ASTRONAUT, FACE_FRAMES, landscape_frames, write_clip
+from deepfake_kd.errors import DeepfakeKDError, VideoError
+from deepfake_kd.limits import Limits
+from deepfake_kd.video import sample_frames, spread_indices
+
+
+def test_samples_every_frame_of_a_short_clip(face_clip):
+    video = sample_frames(face_clip, num_frames=12)
+    assert video.indices == list(range(12))
+    assert (video.width, video.height, video.frame_count) == (480, 360, 12)
+    assert video.fps == pytest.approx(10)
+    assert video.duration == pytest.approx(1.2)
+    assert video.timestamps == pytest.approx([i / 10 for i in range(12)])
+    assert video.failed == [] and video.scale == 1.0
+    assert all(f.shape == (360, 480, 3) and f.dtype == np.uint8 for f in video.frames)
+
+
+def test_frames_are_rgb_and_in_order(face_clip):
+    original = landscape_frames()
+    video = sample_frames(face_clip, num_frames=12)
+    for index in (0, FACE_FRAMES[0], FACE_FRAMES[-1]):  # mp4v is lossy: compare loosely
+        diff = np.abs(video.frames[index].astype(int) - original[index].astype(int))
+        assert diff.mean() < 12, index
+
+
+def test_fewer_frames_are_spread_evenly(face_clip):
+    video = sample_frames(face_clip, num_frames=4)
+    assert video.indices == [1, 4, 7, 10]
+    assert spread_indices(300, 32)[:3] == [4, 14, 23] and spread_indices(300, 32)[-1] == 295
+    assert spread_indices(5, 32) == [0, 1, 2, 3, 4]
+
+
+def test_portrait_clip_keeps_its_orientation(portrait_clip):
+    video = sample_frames(portrait_clip, num_frames=8)
+    assert (video.width, video.height) == (240, 320)
+    assert video.frames[0].shape == (320, 240, 3)
+    assert video.fps == pytest.approx(25)
+
+
+def test_large_frames_are_shrunk_on_read(face_clip):
+    video = sample_frames(face_clip, num_frames=3, limits=Limits(keep_long_side=240))
+    assert (video.width, video.height) == (480, 360)  # the original size is still reported
+    assert video.scale == pytest.approx(0.5)
+    assert all(f.shape == (180, 240, 3) for f in video.frames)
+
+
+def test_frames_lost_half_way_are_reported(clip_dir, tmp_path):
+    avi = write_clip(clip_dir / "whole.avi", landscape_frames(), fps=10, fourcc="MJPG")
+    data = avi.read_bytes()
+    truncated = tmp_path / "truncated.avi"
+    truncated.write_bytes(data[:int(len(data) * 0.6)])
+    video = sample_frames(truncated, num_frames=12)
+    assert video.indices and video.failed, "expected some frames kept and some lost"
+    assert sorted(video.indices + video.failed) == list(range(12))
+    assert max(video.indices) < min(video.failed)  # the tail is what is missing
+
+
+def wav_file(path):
+    with wave.open(str(path), "wb") as audio:
+        audio.setnchannels(1)
+        audio.setsampwidth(2)
+        audio.setframerate(8000)
+        audio.writeframes(np.zeros(8000, dtype=np.int16).tobytes())
+    return path
+
+
+def bad_inputs(face_clip, tmp_path):
+    truncated = tmp_path / "truncated.mp4"
+    truncated.write_bytes(face_clip.read_bytes()[:int(face_clip.stat().st_size * 0.3)])
+    text = tmp_path / "notes.mp4"
+    text.write_text("not a video\n" * 100)
+    png = tmp_path / "photo.mp4"
+    shutil.copy(ASTRONAUT, png)
+    empty = tmp_path / "empty.mp4"
+    empty.touch()
+    return {
+        "text": (text, Limits(), "not a readable video"),
+        "png": (png, Limits(), "image, not a video"),
+        "audio": (wav_file(tmp_path / "sound.wav"), Limits(), "not a readable video"),
+        "truncated": (truncated, Limits(), "corrupt/truncated"),
+        "empty": (empty, Limits(), "empty"),
+        "missing": (tmp_path / "missing.mp4", Limits(), "no such file"),
+        "directory": (tmp_path, Limits(), "not a file"),
+        "too long": (face_clip, Limits(max_duration_s=0.5), "limit is 0.5 s"),
+        "too many pixels": (face_clip, Limits(max_frame_pixels=320 * 240), "megapixels"),
+        "too large": (face_clip, Limits(max_file_mb=0.001), "MB"),
+    }
+
+
+@pytest.mark.parametrize("kind", ["text", "png", "audio", "truncated", "empty", "missing",
+                                  "directory", "too long", "too many pixels", "too large"])
+def test_bad_input_is_one_clear_error_and_the_next_call_works(kind, face_clip, tmp_path):
+    path, limits, expected = bad_inputs(face_clip, tmp_path)[kind]
+    with pytest.raises(VideoError, match=expected) as info:
+        sample_frames(path, num_frames=4, limits=limits)
+    message = str(info.value)
+    assert "\n" not in message and len(message) < 250
+    assert len(sample_frames(face_clip, num_frames=4).frames) == 4
+
+
+@pytest.mark.parametrize("num_frames", [0, 129])
+def test_frame_count_outside_limits_is_refused(face_clip, num_frames):
+    with pytest.raises(DeepfakeKDError, match="between 1 and 128"):
+        sample_frames(face_clip, num_frames=num_frames)
