@@ -190,3 +190,21 @@ def test_train_teacher_and_distill_commands_end_to_end(crop_folder, tmp_path):
         result = json.loads((out / "result.json").read_text())
         assert result["alpha"] == float(alpha) and 0.0 <= result["val"]["auc"] <= 1.0
     assert len(list((tmp_path / "cache").glob("teacher-logits-*.npy"))) == 1
+
+
+def test_evaluate_command_reports_both_models(crop_folder, tmp_path, capsys):
+    from deepfake_kd.models import CrossEfficientViT, save_model
+    from tests.test_models import TINY_TEACHER
+
+    save_model(CrossEfficientViT(**TINY_TEACHER), tmp_path / "teacher")
+    save_model(StudentCNN(**TINY_STUDENT), tmp_path / "student")
+    report = tmp_path / "report.json"
+    assert main(["evaluate", "--teacher", str(tmp_path / "teacher"), "--student",
+                 str(tmp_path / "student"), "--manifest", str(crop_folder), "--split", "train",
+                 "--cache-dir", str(tmp_path / "cache"), "--json", str(report)]) == 0
+    figures = json.loads(report.read_text())["crops"]["metrics"]
+    n_train = sum(s.split == "train" for s in read_samples(crop_folder)[1])
+    for name in ("teacher", "student"):
+        assert set(figures[name]) == {"auc", "accuracy", "f1", "log_loss", "n"}
+        assert figures[name]["n"] == n_train
+    assert "AUC" in capsys.readouterr().out
