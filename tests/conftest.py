@@ -1,5 +1,8 @@
 """Shared fixtures: small synthetic clips made from a public-domain photo, tiny saved models,
-and one face detector for the session (MTCNN is built once, as the app does)."""
+and one face detector for the session (MTCNN is built once, as the app does).
+
+Tests reach everything here through fixtures, never `import conftest`, so they run whether or
+not tests/ is a package."""
 
 from __future__ import annotations
 
@@ -70,6 +73,28 @@ def landscape_frames() -> list[np.ndarray]:
              for k in range(len(FACE_FRAMES))]
     return [blank_frame(LANDSCAPE), noise_frame(LANDSCAPE, 0), *faces,
             blank_frame(LANDSCAPE), noise_frame(LANDSCAPE, 1)]
+
+
+@pytest.fixture(scope="session")
+def astronaut() -> Path:
+    return ASTRONAUT
+
+
+@pytest.fixture(scope="session")
+def face_frame_indices() -> list[int]:
+    return FACE_FRAMES
+
+
+@pytest.fixture(scope="session")
+def landscape() -> list[np.ndarray]:
+    """The frames of `face_clip`, before encoding."""
+    return landscape_frames()
+
+
+@pytest.fixture(scope="session")
+def make_clip():
+    """write_clip(path, rgb_frames, *, fps, fourcc="mp4v") -> path."""
+    return write_clip
 
 
 @pytest.fixture(scope="session")

@@ -5,17 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import FACE_FRAMES
 from deepfake_kd.faces import CROP_SIZE, FaceDetector, assign_tracks, square_crop
 from deepfake_kd.video import sample_frames
 
 
-def test_faces_found_only_where_the_face_is(face_clip, detector):
+def test_faces_found_only_where_the_face_is(face_clip, detector, face_frame_indices):
     video = sample_frames(face_clip, num_frames=12)
     faces = detector.detect(video.frames)
-    assert [i for i, frame_faces in enumerate(faces) if frame_faces] == FACE_FRAMES
+    assert [i for i, frame_faces in enumerate(faces) if frame_faces] == face_frame_indices
     found = [frame_faces[0] for frame_faces in faces if frame_faces]
-    assert all(len(faces[i]) == 1 for i in FACE_FRAMES)
+    assert all(len(faces[i]) == 1 for i in face_frame_indices)
     assert {face.track_id for face in found} == {0}  # one person, one track
     assert all(face.prob >= 0.9 for face in found)
     assert all(face.crop.shape == (CROP_SIZE, CROP_SIZE, 3) and face.crop.dtype == np.uint8
@@ -26,8 +25,9 @@ def test_faces_found_only_where_the_face_is(face_clip, detector):
     assert centres == sorted(centres) and sides[-1] > sides[0]
 
 
-def test_boxes_are_in_full_resolution_pixels(face_clip, detector):
-    frames = sample_frames(face_clip, num_frames=12).frames[FACE_FRAMES[0]:FACE_FRAMES[0] + 2]
+def test_boxes_are_in_full_resolution_pixels(face_clip, detector, face_frame_indices):
+    first = face_frame_indices[0]
+    frames = sample_frames(face_clip, num_frames=12).frames[first:first + 2]
     full = detector.detect(frames)
     shrunk = FaceDetector(detect_long_side=320).detect(frames)
     for a, b in zip(full, shrunk):
@@ -75,7 +75,7 @@ def test_distant_or_differently_sized_faces_start_new_tracks():
 
 
 @pytest.mark.parametrize("min_face_px, expected", [(64, 1), (500, 0)])
-def test_small_faces_are_dropped(face_clip, min_face_px, expected):
-    frame = sample_frames(face_clip, num_frames=12).frames[FACE_FRAMES[0]]
+def test_small_faces_are_dropped(face_clip, face_frame_indices, min_face_px, expected):
+    frame = sample_frames(face_clip, num_frames=12).frames[face_frame_indices[0]]
     faces = FaceDetector(min_face_px=min_face_px).detect([frame])
     assert len(faces[0]) == expected

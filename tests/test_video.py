@@ -8,7 +8,6 @@ import wave
 import numpy as np
 import pytest
 
-from conftest import ASTRONAUT, FACE_FRAMES, landscape_frames, write_clip
 from deepfake_kd.errors import DeepfakeKDError, VideoError
 from deepfake_kd.limits import Limits
 from deepfake_kd.video import sample_frames, spread_indices
@@ -25,11 +24,10 @@ def test_samples_every_frame_of_a_short_clip(face_clip):
     assert all(f.shape == (360, 480, 3) and f.dtype == np.uint8 for f in video.frames)
 
 
-def test_frames_are_rgb_and_in_order(face_clip):
-    original = landscape_frames()
+def test_frames_are_rgb_and_in_order(face_clip, landscape, face_frame_indices):
     video = sample_frames(face_clip, num_frames=12)
-    for index in (0, FACE_FRAMES[0], FACE_FRAMES[-1]):  # mp4v is lossy: compare loosely
-        diff = np.abs(video.frames[index].astype(int) - original[index].astype(int))
+    for index in (0, face_frame_indices[0], face_frame_indices[-1]):  # mp4v is lossy: compare loosely
+        diff = np.abs(video.frames[index].astype(int) - landscape[index].astype(int))
         assert diff.mean() < 12, index
 
 
@@ -54,8 +52,8 @@ def test_large_frames_are_shrunk_on_read(face_clip):
     assert all(f.shape == (180, 240, 3) for f in video.frames)
 
 
-def test_frames_lost_half_way_are_reported(clip_dir, tmp_path):
-    avi = write_clip(clip_dir / "whole.avi", landscape_frames(), fps=10, fourcc="MJPG")
+def test_frames_lost_half_way_are_reported(tmp_path, make_clip, landscape):
+    avi = make_clip(tmp_path / "whole.avi", landscape, fps=10, fourcc="MJPG")
     data = avi.read_bytes()
     truncated = tmp_path / "truncated.avi"
     truncated.write_bytes(data[:int(len(data) * 0.6)])
@@ -74,13 +72,13 @@ def wav_file(path):
     return path
 
 
-def bad_inputs(face_clip, tmp_path):
+def bad_inputs(face_clip, tmp_path, astronaut):
     truncated = tmp_path / "truncated.mp4"
     truncated.write_bytes(face_clip.read_bytes()[:int(face_clip.stat().st_size * 0.3)])
     text = tmp_path / "notes.mp4"
     text.write_text("not a video\n" * 100)
     png = tmp_path / "photo.mp4"
-    shutil.copy(ASTRONAUT, png)
+    shutil.copy(astronaut, png)
     empty = tmp_path / "empty.mp4"
     empty.touch()
     return {
@@ -99,8 +97,9 @@ def bad_inputs(face_clip, tmp_path):
 
 @pytest.mark.parametrize("kind", ["text", "png", "audio", "truncated", "empty", "missing",
                                   "directory", "too long", "too many pixels", "too large"])
-def test_bad_input_is_one_clear_error_and_the_next_call_works(kind, face_clip, tmp_path):
-    path, limits, expected = bad_inputs(face_clip, tmp_path)[kind]
+def test_bad_input_is_one_clear_error_and_the_next_call_works(kind, face_clip, tmp_path,
+                                                             astronaut):
+    path, limits, expected = bad_inputs(face_clip, tmp_path, astronaut)[kind]
     with pytest.raises(VideoError, match=expected) as info:
         sample_frames(path, num_frames=4, limits=limits)
     message = str(info.value)
