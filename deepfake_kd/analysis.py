@@ -117,10 +117,12 @@ def analyze_video(path: str | Path, models: Mapping[str, FaceClassifier], *,
                   progress: Callable[[float, str], None] | None = None) -> AnalysisResult:
     """Analyse one clip with every model in `models` (name -> model) on the same face crops.
 
-    `sources` names where each model's weights came from (shown in the result). Tracks with
-    fewer faces than `min_track_share` of the longest track are reported but left out of the
-    verdict: on the DFDC dev clips they were shadows and posters, and one such crop could flip
-    the "any track" rule. `progress(fraction, description)` is called as stages finish.
+    Pass a `detector` to reuse one MTCNN across calls (an app builds it once); without one,
+    this call builds its own. `sources` names where each model's weights came from (shown in
+    the result). Tracks with fewer faces than `min_track_share` of the longest track are
+    reported but left out of the verdict: on a DFDC dev clip such a track was a head's shadow,
+    and a stray crop or two could flip the "any track" rule. `progress(fraction, description)`
+    is called as stages finish.
     """
     report = progress or (lambda fraction, description: None)
     detector = detector or FaceDetector()

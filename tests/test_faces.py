@@ -79,3 +79,8 @@ def test_small_faces_are_dropped(face_clip, face_frame_indices, min_face_px, exp
     frame = sample_frames(face_clip, num_frames=12).frames[face_frame_indices[0]]
     faces = FaceDetector(min_face_px=min_face_px).detect([frame])
     assert len(faces[0]) == expected
+
+
+@pytest.mark.parametrize("shape", [(16, 16, 3), (4, 900, 3)])
+def test_frames_too_small_for_a_face(detector, shape):
+    assert detector.detect([np.zeros(shape, np.uint8)] * 2) == [[], []]

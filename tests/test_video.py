@@ -10,7 +10,8 @@ import pytest
 
 from deepfake_kd.errors import DeepfakeKDError, VideoError
 from deepfake_kd.limits import Limits
-from deepfake_kd.video import sample_frames, spread_indices
+from deepfake_kd import video as video_module
+from deepfake_kd.video import count_frames, sample_frames, spread_indices
 
 
 def test_samples_every_frame_of_a_short_clip(face_clip):
@@ -36,6 +37,19 @@ def test_fewer_frames_are_spread_evenly(face_clip):
     assert video.indices == [1, 4, 7, 10]
     assert spread_indices(300, 32)[:3] == [4, 14, 23] and spread_indices(300, 32)[-1] == 295
     assert spread_indices(5, 32) == [0, 1, 2, 3, 4]
+
+
+def test_seeking_reads_the_same_frames_as_grabbing(face_clip, monkeypatch):
+    grabbed = sample_frames(face_clip, num_frames=4)
+    monkeypatch.setattr(video_module, "SEEK_MIN_GAP", 0)  # seek before every sampled frame
+    sought = sample_frames(face_clip, num_frames=4)
+    assert sought.indices == grabbed.indices
+    assert all(np.array_equal(a, b) for a, b in zip(sought.frames, grabbed.frames))
+
+
+def test_counting_frames_stops_past_the_limit(face_clip):
+    assert count_frames(face_clip, stop_after=100) == 12
+    assert count_frames(face_clip, stop_after=5) == 5
 
 
 def test_portrait_clip_keeps_its_orientation(portrait_clip):
