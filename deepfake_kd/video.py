@@ -18,10 +18,10 @@ from .errors import DeepfakeKDError, VideoError
 from .limits import MB, Limits
 
 # Seeking restarts decoding at the previous keyframe; grab() decodes every frame on the way.
-# Measured on the 10 s 1080p DFDC clips (keyframe interval 250, x264's default), sampling 32 of
-# 300 frames took 10-12 s seeking before each frame and about 1 s grabbing forward. So grab
-# across short gaps and seek only across gaps longer than a typical keyframe interval, where
-# seeking decodes fewer frames than grabbing would.
+# Measured on the 10 s 1080p DFDC clips (a keyframe only every 250+ frames, as with x264's
+# default), sampling 32 of 300 frames took 10-12 s seeking before each frame and about 1 s
+# grabbing forward. So grab across short gaps and seek only across gaps longer than a typical
+# keyframe interval, where seeking decodes fewer frames than grabbing would.
 SEEK_MIN_GAP = 250
 MAX_FPS = 1000.0  # above this the container's frame rate is nonsense, not a fast camera
 
