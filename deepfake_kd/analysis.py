@@ -222,8 +222,9 @@ def add_cli(subparsers) -> None:
         description="Sample frames, find faces once, score them with both models, and print "
                     "each model's verdict (fake if any face track's mean score > threshold).")
     parser.add_argument("clip", help="video file (mp4, mov, avi, webm, ...)")
-    parser.add_argument("--frames", type=int, default=32, help="frames to sample (default 32)")
-    parser.add_argument("--threshold", type=probability, default=DEFAULT_THRESHOLD,
+    parser.add_argument("--frames", type=int, default=32, metavar="N",
+                        help="frames to sample (default 32)")
+    parser.add_argument("--threshold", type=probability, default=DEFAULT_THRESHOLD, metavar="T",
                         help=f"fake if a track's mean exceeds this (default {DEFAULT_THRESHOLD})")
     for role in MODEL_ROLES:
         parser.add_argument(f"--{role}", metavar="REF",
