@@ -94,8 +94,8 @@ def test_verdict_rule_any_counted_track_over_threshold():
     assert fake.track_probs == {0: pytest.approx(0.3), 1: pytest.approx(0.8)}
     assert (fake.verdict, fake.video_prob) == (FAKE, pytest.approx(0.8))
     assert rule(probs, track_ids, counted={0, 1}, threshold=0.8).verdict == REAL  # not > 0.8
-    brief_track_ignored = rule(probs, track_ids, counted={0})
-    assert (brief_track_ignored.verdict, brief_track_ignored.video_prob) == (REAL, pytest.approx(0.3))
+    ignored = rule(probs, track_ids, counted={0})  # track 1 too brief to count
+    assert (ignored.verdict, ignored.video_prob) == (REAL, pytest.approx(0.3))
     assert rule([], [], counted=set()).verdict == NO_FACE
 
 

@@ -27,7 +27,7 @@ def test_samples_every_frame_of_a_short_clip(face_clip):
 
 def test_frames_are_rgb_and_in_order(face_clip, landscape, face_frame_indices):
     video = sample_frames(face_clip, num_frames=12)
-    for index in (0, face_frame_indices[0], face_frame_indices[-1]):  # mp4v is lossy: compare loosely
+    for index in (0, face_frame_indices[0], face_frame_indices[-1]):  # mp4v is lossy
         diff = np.abs(video.frames[index].astype(int) - landscape[index].astype(int))
         assert diff.mean() < 12, index
 
