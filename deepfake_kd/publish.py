@@ -1,4 +1,5 @@
-"""`push`: publish a model folder (config.json, safetensors, model card) to the Hugging Face Hub."""
+"""Releasing models: `export` a trained checkpoint into weights/ (fp16 shards under 50 MB where
+asked), and `push` a model folder (config.json, safetensors, model card) to the Hugging Face Hub."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from pathlib import Path
 
 from huggingface_hub import HfApi
 
-from .models import load_model
+from .models import load_model, save_model
 from .models.hub import HUB_FILES
 
 
@@ -41,7 +42,27 @@ def run_push(args: argparse.Namespace) -> int:
     return 0
 
 
+def export(source: str, folder: str | Path, *, half: bool = False) -> Path:
+    """Re-save a trained model (e.g. runs/teacher/best) as a release folder. fp16 halves the size;
+    loading casts back to fp32, so inference is unchanged but for fp16 rounding."""
+    model = load_model(source)
+    return save_model(model.half() if half else model, folder)
+
+
+def run_export(args: argparse.Namespace) -> int:
+    folder = export(args.source, args.folder, half=args.fp16)
+    for path in sorted(folder.glob("*")):
+        print(f"{path.stat().st_size / 1e6:9.2f} MB  {path}")
+    return 0
+
+
 def add_cli(subparsers) -> None:
+    parser = subparsers.add_parser("export", help="re-save a trained model as a release folder")
+    parser.add_argument("source", help="a trained model folder or Hub id, e.g. runs/teacher/best")
+    parser.add_argument("folder", help="release folder, e.g. weights/teacher")
+    parser.add_argument("--fp16", action="store_true", help="store weights in float16")
+    parser.set_defaults(run=run_export)
+
     parser = subparsers.add_parser("push", help="publish a model folder to the Hugging Face Hub")
     parser.add_argument("folder", help="a folder written by save_pretrained, e.g. weights/student")
     parser.add_argument("repo_id", help="owner/name on the Hub")

@@ -40,3 +40,18 @@ def test_push_dry_run_lists_files_and_refuses_pickles(tmp_path, capsys):
     torch.save({"w": torch.zeros(1)}, folder / "pytorch_model.bin")
     assert main(["push", str(folder), "someone/student", "--dry-run"]) == 2
     assert "refusing pickle" in capsys.readouterr().err
+
+
+def test_export_to_fp16_keeps_predictions_close(tmp_path):
+    from deepfake_kd.models import load_model
+
+    torch.manual_seed(0)
+    model = StudentCNN().eval()
+    save_model(model, tmp_path / "run")
+    assert main(["export", str(tmp_path / "run"), str(tmp_path / "release"), "--fp16"]) == 0
+    released = load_model(str(tmp_path / "release"))
+    x = torch.randn(2, 3, 112, 112)
+    assert next(released.parameters()).dtype == torch.float32
+    assert torch.allclose(released(x), model(x), atol=1e-2)
+    size = (tmp_path / "release" / "model.safetensors").stat().st_size
+    assert size < 0.6 * (tmp_path / "run" / "model.safetensors").stat().st_size
