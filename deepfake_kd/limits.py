@@ -37,3 +37,31 @@ class Limits:
     @property
     def max_file_bytes(self) -> int:
         return int(self.max_file_mb * MB)
+
+
+@dataclass(frozen=True)
+class AppLimits:
+    """Every bound of the web app in one place (the README states them).
+
+    - `analysis`: the `Limits` each request runs under; shorter clips and fewer frames than
+      the CLI takes, so one request stays well under a minute on a Space's free CPU. Measured
+      on one CPU thread: the full teacher scores a face in about 65 ms, the student in about
+      1 ms, and MTCNN takes about 0.1 s per 640x360 frame; by these figures 64 frames with one
+      face each need about 11 s, plus the decoding that sampling a long clip takes.
+      The upload limit is also handed to Gradio (`max_file_size`), so an over-large file is
+      refused while uploading instead of after.
+    - `default_frames`: the frame slider's starting value (as the CLI's `--frames`).
+    - `concurrency`: analyses running at once. One: the models share the CPU, and two at once
+      would each take twice as long and report inflated inference times.
+    - `max_queue`: requests waiting behind it; the next one is told the queue is full.
+    - `max_gallery`: face crops shown in the gallery (spread over the clip); the JSON has all.
+    - `cache_ttl_s`: uploads, crops and result files are deleted after this long (a Space's
+      disk stays bounded; a user downloads the JSON right after the analysis).
+    """
+
+    analysis: Limits = Limits(max_file_mb=100.0, max_duration_s=120.0, max_frames=64)
+    default_frames: int = 32
+    concurrency: int = 1
+    max_queue: int = 16
+    max_gallery: int = 48
+    cache_ttl_s: int = 3600

@@ -24,6 +24,8 @@ from .limits import MB, Limits
 # keyframe interval, where seeking decodes fewer frames than grabbing would.
 SEEK_MIN_GAP = 250
 MAX_FPS = 1000.0  # above this the container's frame rate is nonsense, not a fast camera
+# FFmpeg's tty demuxer opens any .txt/.ans file as a "video" of rendered text (codec 'ansi').
+TEXT_CODECS = {b"ansi"}
 
 
 @dataclass
@@ -103,6 +105,11 @@ def open_capture(path: Path) -> cv2.VideoCapture:
     if capture is None or not capture.isOpened():
         raise VideoError(f"{path.name}: not a readable video (not a video file, audio only, "
                          "or corrupt/truncated)")
+    fourcc = int(capture.get(cv2.CAP_PROP_FOURCC)) & 0xFFFFFFFF
+    if fourcc.to_bytes(4, "little") in TEXT_CODECS:
+        capture.release()
+        raise VideoError(f"{path.name}: not a readable video (this is a text file). "
+                         "Upload a video clip.")
     return capture
 
 

@@ -91,12 +91,15 @@ def bad_inputs(face_clip, tmp_path, astronaut):
     truncated.write_bytes(face_clip.read_bytes()[:int(face_clip.stat().st_size * 0.3)])
     text = tmp_path / "notes.mp4"
     text.write_text("not a video\n" * 100)
+    text_txt = tmp_path / "notes.txt"  # FFmpeg would render it as frames of text
+    text_txt.write_text("not a video\n" * 100)
     png = tmp_path / "photo.mp4"
     shutil.copy(astronaut, png)
     empty = tmp_path / "empty.mp4"
     empty.touch()
     return {
         "text": (text, Limits(), "not a readable video"),
+        "text .txt": (text_txt, Limits(), "not a readable video"),
         "png": (png, Limits(), "image, not a video"),
         "audio": (wav_file(tmp_path / "sound.wav"), Limits(), "not a readable video"),
         "truncated": (truncated, Limits(), "corrupt/truncated"),
@@ -109,7 +112,7 @@ def bad_inputs(face_clip, tmp_path, astronaut):
     }
 
 
-@pytest.mark.parametrize("kind", ["text", "png", "audio", "truncated", "empty", "missing",
+@pytest.mark.parametrize("kind", ["text", "text .txt", "png", "audio", "truncated", "empty", "missing",
                                   "directory", "too long", "too many pixels", "too large"])
 def test_bad_input_is_one_clear_error_and_the_next_call_works(kind, face_clip, tmp_path,
                                                              astronaut):

@@ -1,0 +1,98 @@
+"""The web app: upload a clip, see the teacher and the student side by side.
+
+Layout and wiring only; what a request does lives in `deepfake_kd.app_logic`, the figures in
+`deepfake_kd.plots`. `python app.py` serves it on http://127.0.0.1:7860 (a Hugging Face Space
+sets GRADIO_SERVER_NAME itself). Models load once, here, at start-up; see README "Using the app".
+"""
+
+from __future__ import annotations
+
+import os
+
+import gradio as gr
+
+from deepfake_kd.app_logic import Analyzer, AppModels, banner_markdown, load_app_models
+from deepfake_kd.examples import example_clips
+from deepfake_kd.faces import FaceDetector
+from deepfake_kd.limits import AppLimits
+
+TITLE = "deepfake-kd: a teacher and its distilled student"
+INTRO = (
+    "# deepfake-kd — teacher vs student\n"
+    "Upload a short clip with a face. Frames are sampled, faces are found once, and both "
+    "models score the same face crops: the **teacher** (Cross Efficient ViT) and the tiny "
+    "**student** distilled from it. A model calls the clip FAKE when any person's mean fake "
+    "probability exceeds the threshold.")
+CSS = """
+#banner { border: 2px solid #e8590c; border-radius: 8px; padding: 4px 14px;
+          background: #fff4e6; }
+.model-panel { border: 1px solid var(--border-color-primary); border-radius: 8px;
+               padding: 2px 14px; }
+.verdict { display: inline-block; font-size: 1.5em; font-weight: 700; color: white;
+           padding: 2px 14px; border-radius: 6px; margin: 4px 0; }
+.verdict-fake { background: #c92a2a; }
+.verdict-real { background: #2b8a3e; }
+.verdict-none { background: #868e96; }
+#summary { min-height: 3em; }
+#crops .caption-label { white-space: normal; max-width: 94%; }  /* both scores, unclipped */
+"""
+
+
+def build_demo(app_models: AppModels, *, detector: FaceDetector | None = None,
+               limits: AppLimits = AppLimits(), examples: list | None = None) -> gr.Blocks:
+    """The page for these models; `examples` are clip paths (default: generated ones)."""
+    analyzer = Analyzer(app_models, detector=detector, limits=limits)
+    clips = example_clips() if examples is None else examples
+    banner = banner_markdown(app_models)
+    with gr.Blocks(title=TITLE, delete_cache=(limits.cache_ttl_s, limits.cache_ttl_s)) as demo:
+        gr.Markdown(INTRO)
+        gr.Markdown(banner, visible=bool(banner), elem_id="banner")
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=2, min_width=300):
+                video = gr.Video(label="Clip", sources=["upload"], height=280,
+                                 elem_id="clip")
+                frames = gr.Slider(1, limits.analysis.max_frames, value=limits.default_frames,
+                                   step=1, label="Frames to sample",
+                                   info="spread evenly over the clip")
+                threshold = gr.Slider(0.0, 1.0, value=0.55, step=0.01, label="Threshold",
+                                      info="FAKE when a person's mean p(fake) exceeds it")
+                button = gr.Button("Analyze", variant="primary", elem_id="analyze")
+                if clips:
+                    gr.Examples([[str(clip), limits.default_frames, 0.55] for clip in clips],
+                                inputs=[video, frames, threshold], cache_examples=False,
+                                label="Examples (made from a public-domain NASA photo)")
+            with gr.Column(scale=3, min_width=400):
+                summary = gr.Markdown("Upload a clip and press **Analyze**.", elem_id="summary")
+                with gr.Row(equal_height=True):
+                    panels = [gr.Markdown(analyzer.idle_panel(role), elem_id=f"panel-{role}",
+                                          elem_classes=["model-panel"])
+                              for role in ("teacher", "student")]
+                cost = gr.Plot(label="Parameters and inference time", elem_id="cost-chart")
+        probability = gr.Plot(label="Fake probability per frame", show_label=False,
+                              elem_id="probability-chart")
+        gallery = gr.Gallery(label="Face crops the models saw (with each model's p(fake))",
+                             columns=6, height="auto", object_fit="contain",
+                             elem_id="crops")
+        result_file = gr.File(label="Full result (JSON)", elem_id="result-json")
+        button.click(analyzer.handle, inputs=[video, frames, threshold],
+                     outputs=[summary, *panels, probability, cost, gallery, result_file],
+                     api_name="analyze", concurrency_limit=limits.concurrency)
+    demo.queue(max_size=limits.max_queue, default_concurrency_limit=limits.concurrency)
+    return demo
+
+
+def launch(demo: gr.Blocks, limits: AppLimits = AppLimits(), **kwargs):
+    """Serve `demo` with the upload limit; 127.0.0.1 unless GRADIO_SERVER_NAME says otherwise."""
+    kwargs.setdefault("server_name", os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
+    return demo.launch(max_file_size=f"{limits.analysis.max_file_mb:g}mb", css=CSS,
+                       theme=gr.themes.Soft(), **kwargs)
+
+
+def main() -> None:
+    limits = AppLimits()
+    demo = build_demo(load_app_models(), detector=FaceDetector(), limits=limits)
+    launch(demo, limits)
+
+
+if __name__ == "__main__":
+    main()
