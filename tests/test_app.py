@@ -338,3 +338,22 @@ def test_in_a_real_browser(server, examples, tmp_path):
         finally:
             browser.close()
     assert screenshot.stat().st_size > 10_000
+
+
+def test_readme_states_the_app_limits():
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    limits = AppLimits()
+    stated = [f"| upload size | {limits.analysis.max_file_mb:g} MB",
+              f"| clip length | {limits.analysis.max_duration_s / 60:g} minutes",
+              f"| frames sampled | 1 to {limits.analysis.max_frames} "
+              f"(default {limits.default_frames})",
+              f"| analyses at once (queue concurrency) | {limits.concurrency} |",
+              f"| requests waiting in the queue | {limits.max_queue} |",
+              f"| face crops in the gallery | {limits.max_gallery} ",
+              f"| uploads and results kept | {limits.cache_ttl_s / 3600:g} hour"]
+    for line in stated:
+        assert line in readme
+    front_matter = readme.split("---")[1]
+    for key in ("sdk: gradio", "sdk_version: 6.", "app_file: app.py",
+                'python_version: "3.11"'):
+        assert key in front_matter
