@@ -25,7 +25,7 @@ from .errors import DeepfakeKDError, ModelNotFoundError
 from .faces import Box, Face, FaceDetector
 from .limits import Limits
 from .models import CrossEfficientViT, FaceClassifier, StudentCNN, default_reference, load_model
-from .models.hub import DEFAULT_REFERENCES
+from .models.hub import DEFAULT_REFERENCES, MODEL_CLASSES
 from .video import sample_frames
 
 Progress = Callable[[float], None]
@@ -262,7 +262,7 @@ def load_cli_models(args: argparse.Namespace
     for role, cls in MODEL_ROLES.items():
         reference = getattr(args, role)
         if reference is None and args.untrained:
-            models[role], sources[role] = cls(), UNTRAINED
+            models[role], sources[role] = untrained_model(role, cls), UNTRAINED
             continue
         reference = reference or default_reference(role)
         models[role], sources[role] = load_role(role, reference), reference
@@ -271,6 +271,19 @@ def load_cli_models(args: argparse.Namespace
         print(f"WARNING: {' and '.join(untrained)} use RANDOM weights (--untrained): their "
               "scores are meaningless; this run only exercises the pipeline.", file=sys.stderr)
     return models, sources
+
+
+def untrained_model(role: str, cls: type[FaceClassifier]) -> FaceClassifier:
+    """Random weights in the architecture of the role's default weights when their config.json
+    is at hand (e.g. the released teacher's EfficientNet-Lite0 branches), else `cls()`."""
+    config_path = Path(default_reference(role)) / "config.json"
+    try:
+        config = json.loads(config_path.read_text())
+        model_cls = MODEL_CLASSES[config["architecture"]]
+        kwargs = {k: v for k, v in config.items() if k in model_cls._init_parameter_names()}
+        return model_cls(**kwargs).eval()
+    except (OSError, ValueError, KeyError, TypeError):
+        return cls().eval()
 
 
 def load_role(role: str, reference: str) -> FaceClassifier:
