@@ -84,7 +84,7 @@ def build_demo(app_models: AppModels, *, detector: FaceDetector | None = None,
 def launch(demo: gr.Blocks, limits: AppLimits = AppLimits(), **kwargs):
     """Serve `demo` with the upload limit; 127.0.0.1 unless GRADIO_SERVER_NAME says otherwise."""
     kwargs.setdefault("server_name", os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
-    return demo.launch(max_file_size=f"{limits.analysis.max_file_mb:g}mb", css=CSS,
+    return demo.launch(max_file_size=limits.analysis.max_file_bytes, css=CSS,
                        theme=gr.themes.Soft(), **kwargs)
 
 

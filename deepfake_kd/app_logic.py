@@ -137,7 +137,7 @@ def banner_markdown(app_models: AppModels) -> str:
         parts.append(fix_instructions())
     if app_models.untrained:
         roles = " and ".join(app_models.untrained)
-        parts.append(f"### 🚨 RANDOM WEIGHTS: the {roles} "
+        parts.append(f"### ⚠️ RANDOM WEIGHTS: the {roles} "
                      f"{'is' if len(app_models.untrained) == 1 else 'are'} untrained "
                      f"(`{ENV_UNTRAINED}=1`)")
         parts += [f"- **{role}**: {app_models.problems[role]}" for role in app_models.untrained
@@ -315,7 +315,8 @@ def panel_markdown(role: str, app_models: AppModels, result: AnalysisResult | No
         lines.append(verdict_badge("—"))
         rows = ["**Fake probability:** upload a clip and press **Analyze**"]
     else:
-        lines.append(verdict_badge(scores.verdict))
+        lines.append(verdict_badge(f"{scores.verdict} (random weights)", kind="none")
+                     if role in app_models.untrained else verdict_badge(scores.verdict))
         rows = [f"**Fake probability (clip):** {probability_text(scores, result)}",
                 f"**Inference:** {inference_text(scores, len(result.faces))}"]
     count = model.num_parameters()
@@ -324,9 +325,9 @@ def panel_markdown(role: str, app_models: AppModels, result: AnalysisResult | No
     return "\n\n".join(lines) + "\n\n" + "\n".join(f"- {row}" for row in rows)
 
 
-def verdict_badge(verdict: str) -> str:
+def verdict_badge(verdict: str, kind: str | None = None) -> str:
     """The verdict as a coloured label (plain text where HTML is not rendered)."""
-    kind = VERDICT_CLASSES.get(verdict, "none")
+    kind = kind or VERDICT_CLASSES.get(verdict, "none")
     return f'<span class="verdict verdict-{kind}">{verdict}</span>'
 
 

@@ -19,7 +19,7 @@ from gradio_client.exceptions import AppError
 import app
 from deepfake_kd.analysis import FAKE, NO_FACE, REAL, UNTRAINED
 from deepfake_kd.app_logic import (ROLES, Analyzer, AppModels, banner_markdown, load_app_models,
-                                   times)
+                                   panel_markdown, times)
 from deepfake_kd.examples import example_clips
 from deepfake_kd.limits import AppLimits, Limits
 from deepfake_kd.models import CrossEfficientViT, StudentCNN
@@ -241,7 +241,8 @@ def test_missing_weights_give_a_banner_and_a_clear_error(no_weights, detector, f
         analyzer.analyze(str(face_clip), 4, 0.55)
 
 
-def test_untrained_flag_stands_in_random_weights_loudly(no_weights, monkeypatch, model_dirs):
+def test_untrained_flag_stands_in_random_weights_loudly(no_weights, monkeypatch, model_dirs,
+                                                        report):
     monkeypatch.setenv("DEEPFAKE_KD_UNTRAINED", "1")
     monkeypatch.setenv("DEEPFAKE_KD_STUDENT", str(model_dirs["student"]))
     loaded = load_app_models()
@@ -251,6 +252,9 @@ def test_untrained_flag_stands_in_random_weights_loudly(no_weights, monkeypatch,
     assert "RANDOM WEIGHTS" in banner_markdown(loaded)
     panel = Analyzer(loaded, detector=object()).idle_panel("teacher")
     assert "RANDOM WEIGHTS" in panel and "94,624,976" in panel
+    verdict = report.result.models["teacher"].verdict
+    analysed = panel_markdown("teacher", loaded, report.result)  # a verdict, greyed and labelled
+    assert f'verdict-none">{verdict} (random weights)<' in analysed
 
 
 def test_references_come_from_the_environment(no_weights, monkeypatch, model_dirs):
@@ -271,13 +275,27 @@ def test_references_come_from_the_environment(no_weights, monkeypatch, model_dir
 # --- served: gradio_client, then a real browser -------------------------------------------
 
 @pytest.fixture(scope="module")
-def server(app_models, detector, examples):
+def demo(app_models, detector, examples):
     demo = app.build_demo(app_models, detector=detector, examples=examples)
     app.launch(demo, prevent_thread_lock=True, quiet=True, server_name="127.0.0.1")
     try:
-        yield demo.local_url
+        yield demo
     finally:
         demo.close()
+
+
+@pytest.fixture(scope="module")
+def server(demo) -> str:
+    return demo.local_url
+
+
+def test_served_with_the_limits(demo):
+    limits = AppLimits()
+    assert demo.max_file_size == limits.analysis.max_file_bytes  # refused while uploading
+    assert demo._queue.max_size == limits.max_queue
+    analyze = next(fn for fn in demo.fns.values() if fn.api_name == "analyze")
+    assert analyze.concurrency_limit == limits.concurrency
+    assert demo.local_url.startswith("http://127.0.0.1:")
 
 
 def test_served_app_answers_gradio_client_and_survives_a_bad_upload(server, face_clip,
