@@ -29,7 +29,7 @@ import numpy as np
 import plotly.graph_objects as go
 
 from .analysis import (FAKE, MODEL_ROLES, NO_FACE, REAL, UNTRAINED, AnalysisResult, ModelResult,
-                       analyze_video)
+                       analyze_video, untrained_model)
 from .errors import DeepfakeKDError, ModelNotFoundError
 from .faces import FaceDetector
 from .limits import AppLimits
@@ -80,7 +80,7 @@ def load_app_models(*, untrained: bool | None = None) -> AppModels:
         except DeepfakeKDError as exc:
             loaded.problems[role] = load_problem(role, reference, exc)
         if untrained:
-            loaded.models[role] = cls().eval()
+            loaded.models[role] = untrained_model(role, cls)  # as the CLI's --untrained
             loaded.sources[role] = UNTRAINED
             loaded.untrained.append(role)
     return loaded

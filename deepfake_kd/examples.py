@@ -7,6 +7,7 @@ previews in the page). The first call writes them into a cache folder; later cal
 
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
 
@@ -80,7 +81,7 @@ def two_people_frames(photo: np.ndarray) -> list[np.ndarray]:
 
 def write_webm(path: Path, frames: list[np.ndarray]) -> Path:
     """RGB frames -> VP8 WebM; written beside and renamed, so no half-written clip is left."""
-    partial = path.with_name(f".{path.stem}.partial.webm")
+    partial = path.with_name(f".{path.stem}.{os.getpid()}.partial.webm")
     writer = cv2.VideoWriter(str(partial), cv2.VideoWriter_fourcc(*"VP80"), FPS, SIZE)
     if not writer.isOpened():
         raise RuntimeError(f"cannot write {path}: this OpenCV build has no VP8 encoder")
