@@ -77,7 +77,7 @@ def load_app_models(*, untrained: bool | None = None) -> AppModels:
             loaded.models[role] = load_model(reference).eval()
             loaded.sources[role] = reference
             continue
-        except DeepfakeKDError as exc:
+        except Exception as exc:  # a half-written or foreign folder must not stop the app
             loaded.problems[role] = load_problem(role, reference, exc)
         if untrained:
             loaded.models[role] = untrained_model(role, cls)  # as the CLI's --untrained
@@ -86,13 +86,14 @@ def load_app_models(*, untrained: bool | None = None) -> AppModels:
     return loaded
 
 
-def load_problem(role: str, reference: str, exc: DeepfakeKDError) -> str:
+def load_problem(role: str, reference: str, exc: Exception) -> str:
     variable = ENV_REFERENCES[role]
     if isinstance(exc, ModelNotFoundError) and reference == str(DEFAULT_REFERENCES[role]):
         return (f"`{short_path(reference)}` does not exist yet (the {role} is not trained or "
                 f"not downloaded), and `{variable}` is not set.")
     origin = f"`{variable}={reference}`" if os.environ.get(variable) else f"`{reference}`"
-    return f"{origin}: {exc}"
+    detail = str(exc) if isinstance(exc, DeepfakeKDError) else f"{type(exc).__name__}: {exc}"
+    return f"{origin}: {detail}"
 
 
 def short_path(reference: str) -> str:

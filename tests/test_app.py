@@ -270,6 +270,13 @@ def test_references_come_from_the_environment(no_weights, monkeypatch, model_dir
     assert not loaded.ready
     assert "`DEEPFAKE_KD_STUDENT=nobody/no-such-model-anywhere`" in loaded.problems["student"]
     assert "Hub cache" in loaded.problems["student"]
+    broken = model_dirs["teacher"].parent / "broken"
+    broken.mkdir(exist_ok=True)
+    (broken / "config.json").write_text('{"architecture": "StudentCNN"}')
+    (broken / "model.safetensors").write_bytes(b"half-written")
+    monkeypatch.setenv("DEEPFAKE_KD_STUDENT", str(broken))
+    loaded = load_app_models()  # a banner, not a crash at start-up
+    assert not loaded.ready and str(broken) in loaded.problems["student"]
 
 
 # --- served: gradio_client, then a real browser -------------------------------------------
