@@ -14,7 +14,11 @@ from typing import Callable, Sequence
 
 import cv2
 import numpy as np
+import torch
 from facenet_pytorch import MTCNN
+from facenet_pytorch.models.utils.detect_face import (bbreg, batched_nms, batched_nms_numpy,
+                                                      generateBoundingBox, pad,
+                                                      rerec)
 
 Box = tuple[float, float, float, float]  # x1, y1, x2, y2 in pixels
 
@@ -44,6 +48,8 @@ class FaceDetector:
                  min_face_px: int = 64, crop_size: int = CROP_SIZE, batch_size: int = 8,
                  max_shift: float = 0.75, device: str = "cpu"):
         self.mtcnn = MTCNN(keep_all=True, device=device)
+        for net in (self.mtcnn.pnet, self.mtcnn.rnet, self.mtcnn.onet):
+            to_channels_last(net)
         self.detect_long_side = detect_long_side
         self.min_prob = min_prob
         self.min_face_px = min_face_px
@@ -78,12 +84,10 @@ class FaceDetector:
             return [[] for _ in frames], [[] for _ in frames]
         small = np.stack([cv2.resize(f, size, interpolation=cv2.INTER_AREA) if scale < 1 else f
                           for f in frames])
-        all_boxes, all_probs = self.mtcnn.detect(small)
         boxes, probs = [], []
-        for frame_boxes, frame_probs in zip(all_boxes, all_probs):
-            kept = [] if frame_boxes is None else [
-                (tuple(float(v) / scale for v in box), float(prob))
-                for box, prob in zip(frame_boxes, frame_probs)]
+        for frame_boxes, frame_probs in detect_face_fast(small, self.mtcnn):
+            kept = [(tuple(float(v) / scale for v in box), float(prob))
+                    for box, prob in zip(frame_boxes, frame_probs)]
             kept = [(box, prob) for box, prob in kept if prob >= self.min_prob
                     and max(box[2] - box[0], box[3] - box[1]) >= self.min_face_px]
             boxes.append([box for box, _ in kept])
@@ -150,3 +154,163 @@ def box_distance(a: Box, b: Box) -> float:
 
 def size_ratio(a: Box, b: Box) -> float:
     return max(box_side(a), box_side(b)) / min(box_side(a), box_side(b))
+
+
+# --- MTCNN, the same decisions as facenet-pytorch's detect_face, about twice as fast on a CPU ---
+
+def to_channels_last(net: torch.nn.Module) -> torch.nn.Module:
+    """Run `net` in channels-last layout: oneDNN's max-pooling and small convolutions are several
+    times faster in it on a CPU. Outputs match the default layout to float rounding."""
+    net.to(memory_format=torch.channels_last)
+    forward = net.forward
+    net.forward = lambda x: forward(x.contiguous(memory_format=torch.channels_last))
+    return net
+
+
+def integral_images(frames: np.ndarray) -> torch.Tensor:
+    """Summed-area tables of uint8 frames [B, H, W, C] as one [B * (H+1) * (W+1), C] tensor:
+    row (b, r, c) holds the sum of frame b's pixels above row r and left of column c. Exact
+    (int32 holds 255 x 8.4 megapixels; larger frames get float64, exact to 2^53)."""
+    height, width = frames.shape[1:3]
+    depth = cv2.CV_32S if height * width * 255 < 2**31 else cv2.CV_64F
+    tables = [cv2.integral(frame, sdepth=depth) for frame in frames]
+    return torch.from_numpy(np.stack(tables).reshape(-1, frames.shape[3]))
+
+
+def adaptive_bins(n: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Adaptive average pooling's bins for n pixels to `size`: floor(i*n/size) .. ceil(...)."""
+    i = torch.arange(size)
+    return (torch.div(i * n, size, rounding_mode="floor"),
+            torch.div((i + 1) * n + size - 1, size, rounding_mode="floor"))
+
+
+def resample_frames(integral: torch.Tensor, table_shape: tuple[int, int],
+                    size: tuple[int, int]) -> torch.Tensor:
+    """The whole frames area-resampled to (height, width) `size` ([B, C, h, w], channels-last
+    memory), equal to facenet-pytorch's `imresample` of the batch: one bin sum is four look-ups
+    in the summed-area tables, gathered a row and a column at a time."""
+    rows, cols = table_shape
+    tables = integral.view(-1, rows, cols, integral.shape[1])
+    r0, r1 = adaptive_bins(rows - 1, size[0])
+    c0, c1 = adaptive_bins(cols - 1, size[1])
+    top, bottom = tables.index_select(1, r0), tables.index_select(1, r1)
+    sums = (bottom.index_select(2, c1) - top.index_select(2, c1)
+            - bottom.index_select(2, c0) + top.index_select(2, c0))
+    counts = ((r1 - r0)[:, None] * (c1 - c0)[None, :]).to(torch.float32)[None, :, :, None]
+    return (sums.to(torch.float32) / counts).permute(0, 3, 1, 2)
+
+
+def resample_boxes(integral: torch.Tensor, table_shape: tuple[int, int],
+                   image_inds: torch.Tensor, y, ey, x, ex, size: int) -> torch.Tensor:
+    """Every box of `pad` resampled to size x size, equal to facenet-pytorch's per-box
+    `imresample` (area interpolation, i.e. adaptive average pooling) in one vectorised step.
+
+    `integral` comes from `integral_images`, `table_shape` is (H+1, W+1). Box k covers rows
+    y[k]-1 .. ey[k]-1 and columns x[k]-1 .. ex[k]-1 (the 1-based inclusive coordinates `pad`
+    returns); adaptive pooling's bin i spans floor(i*n/size) .. ceil((i+1)*n/size) of those n
+    pixels. Each bin's sum is four table look-ups; sums are exact, so each mean is the same
+    float32 division the pooling does."""
+    i = torch.arange(size)
+
+    def bins(start, stop):  # adaptive_bins, for many boxes at once
+        start = torch.as_tensor(start, dtype=torch.int64) - 1
+        n = torch.as_tensor(stop, dtype=torch.int64) - start
+        lo = start[:, None] + torch.div(i * n[:, None], size, rounding_mode="floor")
+        hi = start[:, None] + torch.div((i + 1) * n[:, None] + size - 1, size,
+                                        rounding_mode="floor")
+        return lo, hi
+
+    rows, cols = table_shape
+    r0, r1 = bins(y, ey)
+    c0, c1 = bins(x, ex)
+    base = image_inds.to(torch.int64)[:, None, None] * (rows * cols)
+    r0, r1 = base + r0[:, :, None] * cols, base + r1[:, :, None] * cols
+    c0, c1 = c0[:, None, :], c1[:, None, :]
+    corners = torch.stack((r1 + c1, r0 + c1, r1 + c0, r0 + c0))  # [4, N, size, size]
+    a, b, c, d = integral.index_select(0, corners.view(-1)).view(4, -1, size, size,
+                                                                  integral.shape[1]).unbind(0)
+    counts = ((r1 - r0) // cols * (c1 - c0)).to(torch.float32)[..., None]
+    return ((a - b - c + d).to(torch.float32) / counts).permute(0, 3, 1, 2)
+
+
+def detect_face_fast(frames: np.ndarray, mtcnn: MTCNN) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(boxes [n, 4], probabilities [n]) per frame of a uint8 RGB batch [B, H, W, 3].
+
+    facenet-pytorch's `detect_face` step by step, with its settings (`min_face_size`,
+    `thresholds`, `factor`) and nets, except that the candidate boxes of the second and third
+    stage are resampled all at once (`resample_boxes`) rather than one interpolate call per box
+    (about 200 boxes per 1080p frame, a third of the detection time). Boxes come largest first,
+    as MTCNN(select_largest=True) returns them."""
+    pnet, rnet, onet = mtcnn.pnet, mtcnn.rnet, mtcnn.onet
+    threshold = mtcnn.thresholds
+    frames = np.ascontiguousarray(frames)
+    batch_size, h, w = frames.shape[:3]
+    with torch.inference_mode():
+        integral = integral_images(frames)
+        m = 12.0 / mtcnn.min_face_size
+        minl = min(h, w) * m
+        scales, scale_i = [], m
+        while minl >= 12:
+            scales.append(scale_i)
+            scale_i *= mtcnn.factor
+            minl *= mtcnn.factor
+        if not scales:  # frames smaller than the smallest face searched for
+            return [(np.zeros((0, 4), np.float32), np.zeros(0, np.float32))] * batch_size
+
+        boxes, image_inds, scale_picks, offset = [], [], [], 0
+        for scale in scales:
+            im_data = resample_frames(integral, (h + 1, w + 1),
+                                      (int(h * scale + 1), int(w * scale + 1)))
+            reg, probs = pnet((im_data - 127.5) * 0.0078125)
+            boxes_scale, image_inds_scale = generateBoundingBox(reg, probs[:, 1], scale,
+                                                                threshold[0])
+            boxes.append(boxes_scale)
+            image_inds.append(image_inds_scale)
+            pick = batched_nms(boxes_scale[:, :4], boxes_scale[:, 4], image_inds_scale, 0.5)
+            scale_picks.append(pick + offset)
+            offset += boxes_scale.shape[0]
+        boxes, image_inds = torch.cat(boxes), torch.cat(image_inds)
+        scale_picks = torch.cat(scale_picks)
+        boxes, image_inds = boxes[scale_picks], image_inds[scale_picks]
+        pick = batched_nms(boxes[:, :4], boxes[:, 4], image_inds, 0.7)
+        boxes, image_inds = boxes[pick], image_inds[pick]
+        regw, regh = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+        boxes = torch.stack([boxes[:, 0] + boxes[:, 5] * regw, boxes[:, 1] + boxes[:, 6] * regh,
+                             boxes[:, 2] + boxes[:, 7] * regw, boxes[:, 3] + boxes[:, 8] * regh,
+                             boxes[:, 4]]).permute(1, 0)
+        boxes = rerec(boxes)
+
+        for stage, (net, size) in enumerate(((rnet, 24), (onet, 48)), start=1):
+            if len(boxes) == 0:
+                break
+            y, ey, x, ex = pad(boxes, w, h)
+            inside = torch.from_numpy((ey > y - 1) & (ex > x - 1))
+            if not bool(inside.all()):  # a box wholly outside the frame: nothing to resample
+                boxes, image_inds = boxes[inside], image_inds[inside]
+                y, ey, x, ex = (v[inside.numpy()] for v in (y, ey, x, ex))
+            im_data = resample_boxes(integral, (h + 1, w + 1), image_inds, y, ey, x, ex, size)
+            im_data = (im_data - 127.5) * 0.0078125
+            out = [torch.cat(parts) for parts in zip(*(net(im_data[i:i + 512])
+                                                       for i in range(0, len(im_data), 512)))]
+            reg, score = out[0], out[-1][:, 1]
+            ipass = score > threshold[stage]
+            boxes = torch.cat((boxes[ipass, :4], score[ipass].unsqueeze(1)), dim=1)
+            image_inds, reg = image_inds[ipass], reg[ipass]
+            if stage == 1:
+                pick = batched_nms(boxes[:, :4], boxes[:, 4], image_inds, 0.7)
+                boxes = rerec(bbreg(boxes[pick], reg[pick]))
+                image_inds = image_inds[pick]
+            else:
+                boxes = bbreg(boxes, reg)
+                pick = batched_nms_numpy(boxes[:, :4], boxes[:, 4], image_inds, 0.7, "Min")
+                boxes, image_inds = boxes[pick], image_inds[pick]
+
+    boxes, image_inds = boxes.numpy(), image_inds.numpy()
+    out = []
+    for b in range(batch_size):
+        frame_boxes = boxes[image_inds == b]
+        order = np.argsort((frame_boxes[:, 2] - frame_boxes[:, 0])
+                           * (frame_boxes[:, 3] - frame_boxes[:, 1]))[::-1]
+        frame_boxes = frame_boxes[order]
+        out.append((frame_boxes[:, :4], frame_boxes[:, 4]))
+    return out
