@@ -187,8 +187,8 @@ def adaptive_bins(n: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
 def resample_frames(integral: torch.Tensor, table_shape: tuple[int, int],
                     size: tuple[int, int]) -> torch.Tensor:
     """The whole frames area-resampled to (height, width) `size` ([B, C, h, w], channels-last
-    memory), equal to facenet-pytorch's `imresample` of the batch: one bin sum is four look-ups
-    in the summed-area tables, gathered a row and a column at a time."""
+    memory), equal to facenet-pytorch's `imresample` of the batch to float rounding: one bin sum
+    is four look-ups in the summed-area tables, gathered a row and a column at a time."""
     rows, cols = table_shape
     tables = integral.view(-1, rows, cols, integral.shape[1])
     r0, r1 = adaptive_bins(rows - 1, size[0])
@@ -208,8 +208,8 @@ def resample_boxes(integral: torch.Tensor, table_shape: tuple[int, int],
     `integral` comes from `integral_images`, `table_shape` is (H+1, W+1). Box k covers rows
     y[k]-1 .. ey[k]-1 and columns x[k]-1 .. ex[k]-1 (the 1-based inclusive coordinates `pad`
     returns); adaptive pooling's bin i spans floor(i*n/size) .. ceil((i+1)*n/size) of those n
-    pixels. Each bin's sum is four table look-ups; sums are exact, so each mean is the same
-    float32 division the pooling does."""
+    pixels. Each bin's sum is four table look-ups, exact in integers; the means match the
+    pooling's to float rounding (1 ulp)."""
     i = torch.arange(size)
 
     def bins(start, stop):  # adaptive_bins, for many boxes at once

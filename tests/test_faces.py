@@ -84,3 +84,46 @@ def test_small_faces_are_dropped(face_clip, face_frame_indices, min_face_px, exp
 @pytest.mark.parametrize("shape", [(16, 16, 3), (4, 900, 3)])
 def test_frames_too_small_for_a_face(detector, shape):
     assert detector.detect([np.zeros(shape, np.uint8)] * 2) == [[], []]
+
+
+def test_fast_mtcnn_matches_facenet(landscape, portrait_clip):
+    """detect_face_fast makes facenet-pytorch's decisions: same boxes and probabilities."""
+    from facenet_pytorch import MTCNN
+
+    from deepfake_kd.faces import detect_face_fast, to_channels_last
+
+    reference = MTCNN(keep_all=True)
+    fast = MTCNN(keep_all=True)
+    for net in (fast.pnet, fast.rnet, fast.onet):
+        to_channels_last(net)
+    for frames in (np.stack(landscape), np.stack(sample_frames(portrait_clip, 8).frames)):
+        want_boxes, want_probs = reference.detect(frames)
+        for got, boxes, probs in zip(detect_face_fast(frames, fast), want_boxes, want_probs):
+            if boxes is None:
+                assert len(got[0]) == 0
+                continue
+            assert np.allclose(got[0], np.asarray(boxes, dtype=np.float32), atol=1e-3)
+            assert np.allclose(got[1], np.asarray(probs, dtype=np.float32), atol=1e-5)
+
+
+def test_box_and_frame_resampling_equal_area_interpolation():
+    import torch
+    from facenet_pytorch.models.utils.detect_face import imresample
+
+    from deepfake_kd.faces import integral_images, resample_boxes, resample_frames
+
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, (2, 37, 53, 3), dtype=np.uint8)
+    images = torch.from_numpy(frames).permute(0, 3, 1, 2).float()
+    integral = integral_images(frames)
+    for size in ((12, 17), (20, 29), (37, 53)):
+        assert torch.allclose(resample_frames(integral, (38, 54), size), imresample(images, size),
+                              rtol=0, atol=1e-4)  # to float rounding (1 ulp)
+    # 1-based inclusive boxes as facenet's `pad` gives them: small, large, at the borders
+    y, ey = np.array([1, 5, 1, 30]), np.array([37, 9, 10, 37])
+    x, ex = np.array([1, 40, 1, 2]), np.array([53, 53, 3, 20])
+    inds = torch.tensor([0, 1, 1, 0])
+    got = resample_boxes(integral, (38, 54), inds, y, ey, x, ex, 24)
+    for k in range(4):
+        crop = images[inds[k], :, y[k] - 1:ey[k], x[k] - 1:ex[k]].unsqueeze(0)
+        assert torch.allclose(got[k:k + 1], imresample(crop, (24, 24)), rtol=0, atol=1e-4)
