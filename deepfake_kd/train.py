@@ -92,6 +92,7 @@ def freeze_early_stages(model: torch.nn.Module, trainable_from_stage: int) -> li
 class FitConfig:
     batch_size: int = 32
     lr: float = 3e-4
+    backbone_lr: float | None = None  # learning rate of backbone (trunk) weights; None: lr
     weight_decay: float = 0.05
     warmup_fraction: float = 0.05
     epochs: float = 1.0  # schedule length when `minutes` is not set
@@ -127,6 +128,26 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+def parameter_groups(model: torch.nn.Module, config: FitConfig) -> list[dict]:
+    """AdamW groups: no weight decay on biases and norms; backbone weights may take their own
+    learning rate. The teacher needs both: Adam at the backbone's 3e-4 moves the 62,720- and
+    75,264-input patch embeddings so far per step that its output collapsed to a constant
+    (loss stuck at 0.693 for 8,000 images), while 3e-5 learns."""
+    trunk_params = {id(p) for m in model.modules() if isinstance(m, EfficientNetTrunk)
+                    for p in m.parameters()}
+    groups = []
+    for in_trunk in (True, False):
+        lr = (config.backbone_lr or config.lr) if in_trunk else config.lr
+        chosen = [p for p in model.parameters()
+                  if p.requires_grad and (id(p) in trunk_params) == in_trunk]
+        for decay in (True, False):
+            group = [p for p in chosen if (p.ndim > 1) == decay]
+            if group:
+                groups.append({"params": group, "lr": lr, "base_lr": lr,
+                               "weight_decay": config.weight_decay if decay else 0.0})
+    return groups
+
+
 def fit(model: FaceClassifier, *, train_crops: np.ndarray, train_targets: dict[str, np.ndarray],
         val_crops: np.ndarray, val_labels: np.ndarray, out_dir: str | Path, config: FitConfig,
         loss_fn: LossFn = hard_loss, frozen: list[torch.nn.Module] = (),
@@ -138,10 +159,7 @@ def fit(model: FaceClassifier, *, train_crops: np.ndarray, train_targets: dict[s
         torch.set_num_threads(config.threads)
     generator = seed_everything(config.seed)
     params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.ndim > 1]
-    no_decay = [p for p in params if p.ndim <= 1]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=config.lr)
+    optimizer = torch.optim.AdamW(parameter_groups(model, config), lr=config.lr)
     state = TrainState()
     checkpoint = out / "checkpoint.pt"
     if checkpoint.is_file():  # resume: our own file, still loaded without unpickling code
@@ -195,9 +213,10 @@ def fit(model: FaceClassifier, *, train_crops: np.ndarray, train_targets: dict[s
             index_sorted = index.sort().values  # sequential reads from the memory map
             images = config.augment(to_tensor(train_crops[index_sorted.numpy()]), generator)
             batch_targets = {k: v[index_sorted] for k, v in targets.items()}
-            lr = config.lr * schedule(progress_fraction(), config.warmup_fraction)
+            factor = schedule(progress_fraction(), config.warmup_fraction)
             for group in optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = group["base_lr"] * factor
+            lr = config.lr * factor
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
                 logits = model(model.preprocess(images))
             loss = loss_fn(logits.float(), batch_targets).mean()
@@ -259,6 +278,8 @@ def add_fit_arguments(parser: argparse.ArgumentParser, *, lr: float, batch_size:
     parser.add_argument("--eval-every-minutes", type=float, default=10.0)
     parser.add_argument("--batch-size", type=int, default=batch_size)
     parser.add_argument("--lr", type=float, default=lr)
+    parser.add_argument("--backbone-lr", type=float, default=None,
+                        help="learning rate of the EfficientNet backbones (default: --lr)")
     parser.add_argument("--weight-decay", type=float, default=0.05)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--bf16", action="store_true", help="CPU bfloat16 autocast")
@@ -268,7 +289,8 @@ def add_fit_arguments(parser: argparse.ArgumentParser, *, lr: float, batch_size:
 
 
 def fit_config(args: argparse.Namespace) -> FitConfig:
-    return FitConfig(batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+    return FitConfig(batch_size=args.batch_size, lr=args.lr, backbone_lr=args.backbone_lr,
+                     weight_decay=args.weight_decay,
                      epochs=args.epochs, minutes=args.minutes,
                      eval_every_minutes=args.eval_every_minutes, seed=args.seed,
                      threads=args.threads, bf16=args.bf16)
