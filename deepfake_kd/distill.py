@@ -89,7 +89,7 @@ def resize_crops(crops: np.ndarray, size: int, *, batch_size: int = 512) -> np.n
         return crops
     out = np.empty((len(crops), size, size, 3), dtype=np.uint8)
     for start in range(0, len(crops), batch_size):
-        x = torch.from_numpy(np.ascontiguousarray(crops[start:start + batch_size]))
+        x = torch.from_numpy(np.array(crops[start:start + batch_size]))
         x = F.interpolate(x.permute(0, 3, 1, 2).float(), size=(size, size), mode="bilinear",
                           antialias=True, align_corners=False)
         out[start:start + batch_size] = x.round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()
