@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from .analysis import analyze_video, load_cli_models
+from .analysis import add_runtime_argument, analyze_video, apply_runtimes, load_cli_models
 from .errors import DeepfakeKDError
 from .faces import CROP_SIZE, FaceDetector
 from .models import FaceClassifier
@@ -50,6 +50,7 @@ DEFAULT_BATCH_SIZES = (1, 32)
 
 def flops_per_face(model: FaceClassifier) -> int:
     """FLOPs of one forward pass on one face (torch's counter: matmul, conv, attention)."""
+    model = getattr(model, "model", model)  # an accelerated model: count its torch model
     x = torch.zeros(1, 3, model.input_size, model.input_size)
     with torch.inference_mode(), FlopCounterMode(display=False) as counter:
         model(x)
@@ -267,7 +268,8 @@ def run_bench(models: Mapping[str, FaceClassifier], *, sources: Mapping[str, str
     flops = {name: flops_per_face(model) for name, model in models.items()}
     report["models"] = {
         name: {"source": (sources or {}).get(name, "in memory"),
-               "architecture": type(model).__name__, "input_size": model.input_size,
+               "architecture": type(getattr(model, "model", model)).__name__,
+               "runtime": getattr(model, "runtime", "eager"), "input_size": model.input_size,
                "parameters": params[name], "flops_per_face": flops[name]}
         for name, model in models.items()}
     latency, ratios = latency_report(models, flops, batch_sizes=batch_sizes, repeats=repeats,
@@ -285,6 +287,28 @@ def run_bench(models: Mapping[str, FaceClassifier], *, sources: Mapping[str, str
     return report
 
 
+def runtime_auc(eager: Mapping[str, FaceClassifier], models: Mapping[str, FaceClassifier],
+                manifest: str, *, split: str, cache_dir: str = "cache") -> dict:
+    """AUC of each model on a split's face crops, in eager and in its runtime, and the largest
+    probability difference between the two (for models not run eagerly)."""
+    from .evaluate import binary_metrics, predict_crops
+    from .train import load_split
+
+    crops, labels = load_split(manifest, split, cache_dir=cache_dir)
+    out = {"manifest": str(manifest), "split": split, "crops": int(len(labels))}
+    for name, model in models.items():
+        probs = predict_crops(model, crops)
+        entry = {"runtime": getattr(model, "runtime", "eager"),
+                 "auc": binary_metrics(labels, probs)["auc"]}
+        if model is not eager[name]:
+            reference = predict_crops(eager[name], crops)
+            entry["eager_auc"] = binary_metrics(labels, reference)["auc"]
+            entry["auc_difference"] = entry["auc"] - entry["eager_auc"]
+            entry["max_abs_prob_difference"] = float(np.abs(probs - reference).max())
+        out[name] = entry
+    return out
+
+
 def format_report(report: dict) -> str:
     m = report["machine"]
     models = report["models"]
@@ -294,7 +318,7 @@ def format_report(report: dict) -> str:
         f"{m['load_average_end'][0]:.1f} at end" if m.get("load_average_start") else
         f"{m['cpu']}, {m['cpu_count']} CPUs; torch {m['torch']} with {m['torch_threads']} thread(s)",
         "",
-        f"{'model':<10} {'params':>11} {'GFLOP/face':>10}  "
+        f"{'model':<16} {'params':>11} {'GFLOP/face':>10}  "
         + "  ".join(f"{'batch ' + b + ': ms/face (p10-p90)':>30} {'GFLOP/s':>7}"
                     for b in report["latency"]),
     ]
@@ -305,7 +329,8 @@ def format_report(report: dict) -> str:
             batch = lat["median_ms"] / lat["per_face_ms"]
             cells.append(f"{lat['per_face_ms']:>12.3f} ({lat['p10_ms'] / batch:.3f}-"
                          f"{lat['p90_ms'] / batch:.3f})".rjust(30) + f" {lat['gflops_per_s']:>7.1f}")
-        lines.append(f"{name:<10} {info['parameters']:>11,} {info['flops_per_face'] / 1e9:>10.3f}  "
+        label = name if info["runtime"] == "eager" else f"{name} [{info['runtime']}]"
+        lines.append(f"{label:<16} {info['parameters']:>11,} {info['flops_per_face'] / 1e9:>10.3f}  "
                      + "  ".join(cells))
     comp = report["comparison"]
     base = comp["baseline"]
@@ -319,6 +344,15 @@ def format_report(report: dict) -> str:
             lines.append(f"  batch {batch}: time x{lat['ratio']:.4f} = -{lat['reduction_pct']:.2f}%"
                          f" (paired per call: median x{lat['paired_ratio_median']:.4f}, "
                          f"p10-p90 x{lat['paired_ratio_p10']:.4f}-{lat['paired_ratio_p90']:.4f})")
+    auc = report.get("auc")
+    if auc:
+        lines += ["", f"AUC on {auc['crops']} {auc['split']} crops of {auc['manifest']}:"]
+        for name, entry in auc.items():
+            if isinstance(entry, dict):
+                extra = "" if "eager_auc" not in entry else (
+                    f"; eager {entry['eager_auc']:.4f} (difference {entry['auc_difference']:+.4f},"
+                    f" largest |p difference| {entry['max_abs_prob_difference']:.1e})")
+                lines.append(f"  {name} [{entry['runtime']}] {entry['auc']:.4f}{extra}")
     clip = report.get("clip")
     if clip:
         stages = clip["stages_s"]
@@ -381,6 +415,12 @@ def add_cli(subparsers) -> None:
                         help="frames sampled from the clip (default 32)")
     parser.add_argument("--clip-repeats", type=int, default=3, metavar="N",
                         help="end-to-end runs, median reported (default 3; 0 skips the clip)")
+    add_runtime_argument(parser)
+    parser.add_argument("--auc-manifest", metavar="MANIFEST",
+                        help="also score the face crops of this manifest's --auc-split with each "
+                             "model in its runtime and in eager: AUC of both, largest "
+                             "probability difference")
+    parser.add_argument("--auc-split", default="val", help="default val")
     parser.add_argument("--json", metavar="OUT", help="also write the figures to this JSON file")
     parser.set_defaults(run=run_cli)
 
@@ -389,10 +429,13 @@ def run_cli(args: argparse.Namespace) -> int:
     os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
     if args.threads:
         torch.set_num_threads(args.threads)
-    models, sources = load_cli_models(args)
+    eager, sources = load_cli_models(args)
+    models, sources = apply_runtimes(eager, sources, args.runtime)
     report = run_bench(models, sources=sources, batch_sizes=args.batch_sizes,
                        repeats=args.repeats, warmup=max(args.warmup, 0), clip=args.clip,
                        frames=args.frames, clip_repeats=max(args.clip_repeats, 0))
+    if args.auc_manifest:
+        report["auc"] = runtime_auc(eager, models, args.auc_manifest, split=args.auc_split)
     print(format_report(report))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

@@ -16,10 +16,12 @@ def test_bench_writes_every_figure(face_clip, model_dirs, tmp_path, capsys):
     code = main(["bench", "--teacher", str(model_dirs["teacher"]),
                  "--student", str(model_dirs["student"]), "--repeats", "2", "--warmup", "1",
                  "--batch-sizes", "1,2", "--clip", str(face_clip), "--frames", "12",
-                 "--clip-repeats", "1", "--threads", "1", "--json", str(out)])
+                 "--clip-repeats", "1", "--threads", "1", "--runtime", "student=jit",
+                 "--json", str(out)])
     assert code == 0
     text = capsys.readouterr().out
     assert "student vs teacher" in text and "batch 2" in text and "frames/s" in text
+    assert "student [jit]" in text
     report = json.loads(out.read_text())
 
     assert report["machine"]["torch_threads"] == 1 and report["machine"]["cpu_count"] >= 1
@@ -27,7 +29,11 @@ def test_bench_writes_every_figure(face_clip, model_dirs, tmp_path, capsys):
     assert list(report["models"]) == ["teacher", "student"]  # the order given: teacher first
     for info in report["models"].values():
         assert info["parameters"] > 0 and info["flops_per_face"] > 0
-        assert info["source"] in (str(model_dirs["teacher"]), str(model_dirs["student"]))
+    assert report["models"]["teacher"]["source"] == str(model_dirs["teacher"])
+    assert report["models"]["teacher"]["runtime"] == "eager"
+    assert report["models"]["student"]["source"] == f"{model_dirs['student']} [jit]"
+    assert report["models"]["student"]["runtime"] == "jit"
+    assert report["models"]["student"]["architecture"] == "StudentCNN"
     for batch in ("1", "2"):
         for lat in report["latency"][batch].values():
             assert lat["repeats"] == 2

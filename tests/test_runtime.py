@@ -1,0 +1,45 @@
+"""Inference runtimes: same probabilities as eager, same interface, errors in one line."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from deepfake_kd.errors import DeepfakeKDError
+from deepfake_kd.runtime import RUNTIMES, accelerate, parse_runtimes
+
+
+@pytest.fixture(scope="module")
+def crops():
+    return np.random.default_rng(0).integers(0, 256, (3, 224, 224, 3), dtype=np.uint8)
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_runtimes_match_eager(runtime, tiny_models, crops, tmp_path):
+    if runtime == "onnx":
+        pytest.importorskip("onnxruntime")
+        pytest.importorskip("onnx")
+    for model in tiny_models.values():
+        fast = accelerate(model, runtime, cache_dir=tmp_path)
+        assert fast.num_parameters() == model.num_parameters()
+        assert fast.input_size == model.input_size
+        with torch.inference_mode():
+            want = model.predict_proba(model.preprocess(crops))
+            got = fast.predict_proba(fast.preprocess(crops))  # batch 3: any batch size works
+            one = fast.predict_proba(fast.preprocess(crops[:1]))
+        assert torch.allclose(got, want, atol=1e-5) and torch.allclose(one, want[:1], atol=1e-5)
+    if runtime == "onnx":  # exported once per weights, then loaded from the cache
+        assert len(list(tmp_path.glob("*.onnx"))) == len(tiny_models)
+
+
+def test_parse_runtimes():
+    roles = ["teacher", "student"]
+    assert parse_runtimes(None, roles) == {"teacher": "eager", "student": "eager"}
+    assert parse_runtimes(["jit"], roles) == {"teacher": "jit", "student": "jit"}
+    assert parse_runtimes(["jit", "student=onnx"], roles) == {"teacher": "jit",
+                                                              "student": "onnx"}
+    with pytest.raises(DeepfakeKDError, match="unknown runtime"):
+        parse_runtimes(["tensorrt"], roles)
+    with pytest.raises(DeepfakeKDError, match="no model called"):
+        parse_runtimes(["pupil=jit"], roles)
