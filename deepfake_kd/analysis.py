@@ -242,7 +242,11 @@ def add_runtime_argument(parser) -> None:
     parser.add_argument("--runtime", action="append", metavar="[ROLE=]NAME",
                         help="inference runtime: eager (default), jit, or onnx (ONNX Runtime, "
                              "pip install onnxruntime onnx); for every model, or ROLE=NAME for "
-                             "one (repeatable). Same probabilities, less time.")
+                             "one (repeatable). Same probabilities, less time; onnx-int8 "
+                             "(int8, needs --calibration) changes them slightly.")
+    parser.add_argument("--calibration", metavar="MANIFEST",
+                        help="face crops for onnx-int8: a few hundred from this manifest's "
+                             "train split")
 
 
 def probability(text: str) -> float:
@@ -258,7 +262,7 @@ def run_cli(args: argparse.Namespace) -> int:
     os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
     models, sources = load_cli_models(args)
-    models, sources = apply_runtimes(models, sources, args.runtime)
+    models, sources = apply_runtimes(models, sources, args.runtime, args.calibration)
     result = analyze_video(args.clip, models, num_frames=args.frames, threshold=args.threshold,
                            detector=FaceDetector(), sources=sources)
     print(json.dumps(result.to_dict(), indent=2) if args.json else format_summary(result))
@@ -283,13 +287,16 @@ def load_cli_models(args: argparse.Namespace
 
 
 def apply_runtimes(models: dict[str, FaceClassifier], sources: dict[str, str],
-                   runtimes: list[str] | None
+                   runtimes: list[str] | None, calibration: str | None = None
                    ) -> tuple[dict[str, FaceClassifier], dict[str, str]]:
     """Each model behind the runtime `--runtime` names for it; its source says which."""
-    from .runtime import accelerate, parse_runtimes
+    from .runtime import accelerate, calibration_crops, parse_runtimes
 
     chosen = parse_runtimes(runtimes, models)
-    return ({name: accelerate(model, chosen[name]) for name, model in models.items()},
+    crops = calibration_crops(calibration) if calibration and "onnx-int8" in chosen.values() \
+        else None
+    return ({name: accelerate(model, chosen[name], calibration=crops)
+             for name, model in models.items()},
             {name: source if chosen[name] == "eager" else f"{source} [{chosen[name]}]"
              for name, source in sources.items()})
 

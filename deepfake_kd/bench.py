@@ -430,7 +430,7 @@ def run_cli(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     eager, sources = load_cli_models(args)
-    models, sources = apply_runtimes(eager, sources, args.runtime)
+    models, sources = apply_runtimes(eager, sources, args.runtime, args.calibration)
     report = run_bench(models, sources=sources, batch_sizes=args.batch_sizes,
                        repeats=args.repeats, warmup=max(args.warmup, 0), clip=args.clip,
                        frames=args.frames, clip_repeats=max(args.clip_repeats, 0))

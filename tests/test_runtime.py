@@ -15,7 +15,7 @@ def crops():
     return np.random.default_rng(0).integers(0, 256, (3, 224, 224, 3), dtype=np.uint8)
 
 
-@pytest.mark.parametrize("runtime", RUNTIMES)
+@pytest.mark.parametrize("runtime", ["eager", "jit", "onnx"])
 def test_runtimes_match_eager(runtime, tiny_models, crops, tmp_path):
     if runtime == "onnx":
         pytest.importorskip("onnxruntime")
@@ -43,3 +43,18 @@ def test_parse_runtimes():
         parse_runtimes(["tensorrt"], roles)
     with pytest.raises(DeepfakeKDError, match="no model called"):
         parse_runtimes(["pupil=jit"], roles)
+
+
+def test_int8_needs_calibration_and_stays_close(tiny_models, crops, tmp_path):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    student = tiny_models["student"]
+    with pytest.raises(DeepfakeKDError, match="calibration"):
+        accelerate(student, "onnx-int8", cache_dir=tmp_path)
+    calibration = np.random.default_rng(1).integers(0, 256, (16, 224, 224, 3), dtype=np.uint8)
+    int8 = accelerate(student, "onnx-int8", cache_dir=tmp_path, calibration=calibration)
+    with torch.inference_mode():
+        want = student.predict_proba(student.preprocess(crops))
+        got = int8.predict_proba(int8.preprocess(crops))
+    assert int8.runtime == "onnx-int8" and torch.allclose(got, want, atol=0.02)
+    assert len(list(tmp_path.glob("*-int8-*.onnx"))) == 1 and not list(tmp_path.glob("*.part*"))
