@@ -289,22 +289,22 @@ def run_bench(models: Mapping[str, FaceClassifier], *, sources: Mapping[str, str
 
 def runtime_auc(eager: Mapping[str, FaceClassifier], models: Mapping[str, FaceClassifier],
                 manifest: str, *, split: str, cache_dir: str = "cache") -> dict:
-    """AUC of each model on a split's face crops, in eager and in its runtime, and the largest
-    probability difference between the two (for models not run eagerly)."""
+    """For each model not run eagerly: its AUC on a split's face crops in its runtime and in
+    eager, and the largest probability difference between the two."""
     from .evaluate import binary_metrics, predict_crops
     from .train import load_split
 
     crops, labels = load_split(manifest, split, cache_dir=cache_dir)
     out = {"manifest": str(manifest), "split": split, "crops": int(len(labels))}
     for name, model in models.items():
-        probs = predict_crops(model, crops)
+        if model is eager[name]:
+            continue
+        probs, reference = predict_crops(model, crops), predict_crops(eager[name], crops)
         entry = {"runtime": getattr(model, "runtime", "eager"),
-                 "auc": binary_metrics(labels, probs)["auc"]}
-        if model is not eager[name]:
-            reference = predict_crops(eager[name], crops)
-            entry["eager_auc"] = binary_metrics(labels, reference)["auc"]
-            entry["auc_difference"] = entry["auc"] - entry["eager_auc"]
-            entry["max_abs_prob_difference"] = float(np.abs(probs - reference).max())
+                 "auc": binary_metrics(labels, probs)["auc"],
+                 "eager_auc": binary_metrics(labels, reference)["auc"],
+                 "max_abs_prob_difference": float(np.abs(probs - reference).max())}
+        entry["auc_difference"] = entry["auc"] - entry["eager_auc"]
         out[name] = entry
     return out
 
@@ -318,7 +318,7 @@ def format_report(report: dict) -> str:
         f"{m['load_average_end'][0]:.1f} at end" if m.get("load_average_start") else
         f"{m['cpu']}, {m['cpu_count']} CPUs; torch {m['torch']} with {m['torch_threads']} thread(s)",
         "",
-        f"{'model':<16} {'params':>11} {'GFLOP/face':>10}  "
+        f"{'model':<20} {'params':>11} {'GFLOP/face':>10}  "
         + "  ".join(f"{'batch ' + b + ': ms/face (p10-p90)':>30} {'GFLOP/s':>7}"
                     for b in report["latency"]),
     ]
@@ -330,7 +330,7 @@ def format_report(report: dict) -> str:
             cells.append(f"{lat['per_face_ms']:>12.3f} ({lat['p10_ms'] / batch:.3f}-"
                          f"{lat['p90_ms'] / batch:.3f})".rjust(30) + f" {lat['gflops_per_s']:>7.1f}")
         label = name if info["runtime"] == "eager" else f"{name} [{info['runtime']}]"
-        lines.append(f"{label:<16} {info['parameters']:>11,} {info['flops_per_face'] / 1e9:>10.3f}  "
+        lines.append(f"{label:<20} {info['parameters']:>11,} {info['flops_per_face'] / 1e9:>10.3f}  "
                      + "  ".join(cells))
     comp = report["comparison"]
     base = comp["baseline"]
@@ -349,10 +349,10 @@ def format_report(report: dict) -> str:
         lines += ["", f"AUC on {auc['crops']} {auc['split']} crops of {auc['manifest']}:"]
         for name, entry in auc.items():
             if isinstance(entry, dict):
-                extra = "" if "eager_auc" not in entry else (
-                    f"; eager {entry['eager_auc']:.4f} (difference {entry['auc_difference']:+.4f},"
-                    f" largest |p difference| {entry['max_abs_prob_difference']:.1e})")
-                lines.append(f"  {name} [{entry['runtime']}] {entry['auc']:.4f}{extra}")
+                lines.append(
+                    f"  {name} [{entry['runtime']}] {entry['auc']:.4f}; eager "
+                    f"{entry['eager_auc']:.4f} (difference {entry['auc_difference']:+.4f}, "
+                    f"largest |p difference| {entry['max_abs_prob_difference']:.1e})")
     clip = report.get("clip")
     if clip:
         stages = clip["stages_s"]
@@ -417,9 +417,9 @@ def add_cli(subparsers) -> None:
                         help="end-to-end runs, median reported (default 3; 0 skips the clip)")
     add_runtime_argument(parser)
     parser.add_argument("--auc-manifest", metavar="MANIFEST",
-                        help="also score the face crops of this manifest's --auc-split with each "
-                             "model in its runtime and in eager: AUC of both, largest "
-                             "probability difference")
+                        help="also score the face crops of this manifest's --auc-split with "
+                             "each model given a --runtime, in it and in eager: AUC of both, "
+                             "largest probability difference")
     parser.add_argument("--auc-split", default="val", help="default val")
     parser.add_argument("--json", metavar="OUT", help="also write the figures to this JSON file")
     parser.set_defaults(run=run_cli)
