@@ -367,6 +367,47 @@ def format_report(report: dict) -> str:
     return "\n".join(lines)
 
 
+def format_markdown(report: dict) -> str:
+    """The figures as a Markdown table, for the README's Performance section and model cards."""
+    m, models, comp = report["machine"], report["models"], report["comparison"]
+    names = list(models)
+    lines = [f"| | {' | '.join(names)} |", "|---|" + "---|" * len(names)]
+
+    def row(label, cells):
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+
+    row("runtime", [models[n]["runtime"] for n in names])
+    row("parameters", [f"{models[n]['parameters']:,}" for n in names])
+    row("GFLOP per face", [f"{models[n]['flops_per_face'] / 1e9:.3f}" for n in names])
+    for batch, per_model in report["latency"].items():
+        row(f"ms per face, batch {batch} (median; p10-p90)",
+            [f"{per_model[n]['per_face_ms']:.3f} ({per_model[n]['p10_ms'] / int(batch):.3f}-"
+             f"{per_model[n]['p90_ms'] / int(batch):.3f})" for n in names])
+        row(f"GFLOP/s, batch {batch}", [f"{per_model[n]['gflops_per_s']:.1f}" for n in names])
+    base = comp["baseline"]
+    for name in names:
+        if name == base:
+            continue
+        c = comp[name]
+        lines += ["", f"{name} vs {base}: {c['parameters_reduction_pct']:.2f}% fewer parameters, "
+                      f"{c['flops_reduction_pct']:.2f}% fewer FLOPs; time per face "
+                      + ", ".join(f"{100 * lat['ratio']:.2f}% of the {base}'s at batch {batch} "
+                                  f"({lat['reduction_pct']:.2f}% less)"
+                                  for batch, lat in c["latency"].items()) + "."]
+    clip = report.get("clip")
+    if clip:
+        stages = ", ".join(f"{stage.removeprefix('model:')} {seconds:.2f} s"
+                           for stage, seconds in clip["stages_s"].items())
+        peak = "" if clip["peak_rss_mb"] is None else \
+            f", peak resident memory {clip['peak_rss_mb'] / 1024:.1f} GiB"
+        lines += ["", f"End to end on a {clip['width']}x{clip['height']}, {clip['duration_s']:.0f} s "
+                      f"clip, {clip['frames']} frames, all models: {clip['total_s']:.2f} s "
+                      f"(median of {clip['repeats']}; {stages}){peak}."]
+    lines += ["", f"Measured by `python -m deepfake_kd bench` on {m['cpu']} ({m['cpu_count']} "
+                  f"CPUs, {m['torch_threads']} torch thread(s), torch {m['torch']})."]
+    return "\n".join(lines)
+
+
 # --- command line ---------------------------------------------------------------------------------
 
 def batch_sizes_arg(text: str) -> list[int]:
@@ -422,6 +463,8 @@ def add_cli(subparsers) -> None:
                              "largest probability difference")
     parser.add_argument("--auc-split", default="val", help="default val")
     parser.add_argument("--json", metavar="OUT", help="also write the figures to this JSON file")
+    parser.add_argument("--markdown", metavar="OUT",
+                        help="also write them as a Markdown table (README, model cards)")
     parser.set_defaults(run=run_cli)
 
 
@@ -441,4 +484,8 @@ def run_cli(args: argparse.Namespace) -> int:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
         print(f"\nwrote {args.json}")
+    if args.markdown:
+        Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.markdown).write_text(format_markdown(report) + "\n")
+        print(f"wrote {args.markdown}")
     return 0

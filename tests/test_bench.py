@@ -17,12 +17,14 @@ def test_bench_writes_every_figure(face_clip, model_dirs, tmp_path, capsys):
                  "--student", str(model_dirs["student"]), "--repeats", "2", "--warmup", "1",
                  "--batch-sizes", "1,2", "--clip", str(face_clip), "--frames", "12",
                  "--clip-repeats", "1", "--threads", "1", "--runtime", "student=jit",
-                 "--json", str(out)])
+                 "--json", str(out), "--markdown", str(tmp_path / "bench.md")])
     assert code == 0
     text = capsys.readouterr().out
     assert "student vs teacher" in text and "batch 2" in text and "frames/s" in text
     assert "student [jit]" in text
     report = json.loads(out.read_text())
+    markdown = (tmp_path / "bench.md").read_text()
+    assert "| parameters |" in markdown and "student vs teacher" in markdown
 
     assert report["machine"]["torch_threads"] == 1 and report["machine"]["cpu_count"] >= 1
     assert report["settings"]["batch_sizes"] == [1, 2] and report["settings"]["repeats"] == 2
