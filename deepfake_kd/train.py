@@ -23,7 +23,9 @@ import torch.nn.functional as F
 
 from .data import Augment, batches, load_crops, read_samples, to_tensor
 from .evaluate import binary_metrics, predict_crops
-from .models import CrossEfficientViT, EfficientNetClassifier, FaceClassifier, save_model
+from .errors import DeepfakeKDError
+from .models import (CrossEfficientViT, EfficientNetClassifier, FaceClassifier, load_model,
+                     save_model)
 from .models.cross_efficient_vit import EfficientNetTrunk
 
 ARCHITECTURES: dict[str, type[FaceClassifier]] = {
@@ -57,6 +59,15 @@ def imagenet_lite0_state_dict() -> dict[str, torch.Tensor]:
         assert tensor.shape == ref.shape, f"{src_key} {tuple(tensor.shape)} vs {dst_key}"
         renamed[dst_key] = tensor
     return renamed
+
+
+def trained_trunk_state_dict(reference: str) -> dict[str, torch.Tensor]:
+    """The EfficientNet trunk of a trained model (e.g. the baseline fine-tuned on DFDC), with
+    timm's key names, to start a teacher's branches from DFDC-adapted features."""
+    trunks = [m for m in load_model(reference).modules() if isinstance(m, EfficientNetTrunk)]
+    if not trunks:
+        raise DeepfakeKDError(f"{reference}: has no EfficientNet trunk to initialise from")
+    return max(trunks, key=lambda t: len(t.state_dict())).state_dict()
 
 
 def init_trunks_from(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> int:
@@ -302,9 +313,10 @@ def run_train_teacher(args: argparse.Namespace) -> int:
     log(f"train-teacher {json.dumps(vars(args), default=str)}")
     model_kwargs = json.loads(args.model_kwargs) if args.model_kwargs else {}
     model = ARCHITECTURES[args.arch](backbone=args.backbone, **model_kwargs)
-    if args.init == "imagenet-lite0":
-        log(f"initialised {init_trunks_from(model, imagenet_lite0_state_dict())} backbone tensors "
-            "from EfficientNet-Lite0 ImageNet weights")
+    if args.init != "none":
+        state = imagenet_lite0_state_dict() if args.init == "imagenet-lite0" \
+            else trained_trunk_state_dict(args.init)
+        log(f"initialised {init_trunks_from(model, state)} backbone tensors from {args.init}")
     frozen = freeze_early_stages(model, args.trainable_from_stage)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log(f"{type(model).__name__}: {model.num_parameters():,} parameters, {trainable:,} trainable")
@@ -327,7 +339,9 @@ def add_cli(subparsers) -> None:
     parser.add_argument("--arch", choices=sorted(ARCHITECTURES), default="cross-efficient-vit")
     parser.add_argument("--backbone", default="efficientnet_lite0",
                         help="timm EfficientNet name for the branches")
-    parser.add_argument("--init", choices=["imagenet-lite0", "none"], default="imagenet-lite0")
+    parser.add_argument("--init", default="imagenet-lite0", metavar="{imagenet-lite0,none,REF}",
+                        help="backbone initialisation: Lite0 ImageNet weights, none, or the "
+                             "trunk of a trained model (folder or Hub id, e.g. the baseline)")
     parser.add_argument("--trainable-from-stage", type=int, default=4,
                         help="freeze stem and backbone stages below this one (0: train all)")
     parser.add_argument("--model-kwargs", default=None,

@@ -208,3 +208,18 @@ def test_evaluate_command_reports_both_models(crop_folder, tmp_path, capsys):
         assert set(figures[name]) == {"auc", "accuracy", "f1", "log_loss", "n"}
         assert figures[name]["n"] == n_train
     assert "AUC" in capsys.readouterr().out
+
+
+def test_teacher_trunks_can_start_from_a_trained_baseline(tmp_path):
+    from deepfake_kd.models import CrossEfficientViT, EfficientNetClassifier, save_model
+    from deepfake_kd.train import init_trunks_from, trained_trunk_state_dict
+    from tests.test_models import TINY_TEACHER
+
+    torch.manual_seed(0)
+    baseline = EfficientNetClassifier(image_size=64)
+    save_model(baseline, tmp_path / "baseline")
+    teacher = CrossEfficientViT(**TINY_TEACHER, backbone="efficientnet_lite0")
+    init_trunks_from(teacher, trained_trunk_state_dict(str(tmp_path / "baseline")))
+    for trunk in (teacher.sm_embedder.trunk, teacher.lg_embedder.trunk):
+        assert torch.equal(trunk.conv_stem.weight, baseline.trunk.conv_stem.weight)
+    assert torch.equal(teacher.sm_embedder.trunk.conv_head.weight, baseline.trunk.conv_head.weight)
