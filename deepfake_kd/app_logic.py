@@ -16,8 +16,8 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
-import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -194,8 +194,7 @@ class Analyzer:
         self.app_models = app_models
         self.detector = detector or FaceDetector()
         self.limits = limits
-        self.results_dir = Path(results_dir or Path(tempfile.gettempdir()) / "deepfake-kd"
-                                / "results")
+        self.results_dir = Path(results_dir or results_folder())
 
     def handle(self, video, num_frames, threshold, progress=gr.Progress()) -> tuple:
         """The Analyze button: the page's outputs, in the order of `OUTPUTS`."""
@@ -243,9 +242,26 @@ class Analyzer:
         prune(self.results_dir, older_than_s=self.limits.cache_ttl_s)
         folder = self.results_dir / uuid.uuid4().hex
         folder.mkdir(parents=True)
-        path = folder / f"{Path(result.path).stem}-deepfake-kd.json"
+        path = folder / f"{safe_stem(result.path)}-deepfake-kd.json"
         path.write_text(json.dumps(result.to_dict(), indent=2))
         return path
+
+
+def results_folder() -> Path:
+    """Where the app writes result files: inside Gradio's cache folder (GRADIO_TEMP_DIR,
+    default <tmp>/gradio), so Gradio hands them out without copying them again and deletes
+    them with the uploads (`delete_cache`) and when the server stops."""
+    return Path(gr.utils.get_upload_folder()) / "deepfake-kd-results"
+
+
+def safe_stem(path: str) -> str:
+    """A file name made from an upload's name: letters (any script), digits, '-', '_' and '.'
+    only, at most 80 characters, never empty or hidden, so nothing in the name can lead out of
+    the results folder."""
+    stem = re.sub(r"[^\w.-]+", "_", Path(str(path)).stem).strip("._-")[:80]
+    while len(stem.encode()) > 160:  # file names are at most 255 bytes
+        stem = stem[:-1]
+    return stem or "clip"
 
 
 def prune(folder: Path, *, older_than_s: float) -> None:
@@ -355,12 +371,12 @@ def summary_markdown(result: AnalysisResult) -> str:
     faced = sum(frame.num_faces > 0 for frame in result.frames)
     lines = [
         f"**{Path(result.path).name}**: {result.width}×{result.height}, {result.duration:.1f} s. "
-        f"{len(result.frames)} frames sampled"
-        + (f" ({len(result.failed_frames)} more did not decode)" if result.failed_frames else "")
-        + f", a face in {faced}; {len(result.faces)} face crops in {len(result.tracks)} "
-        f"track{'s' if len(result.tracks) != 1 else ''}. Sampling "
+        f"{len(result.frames)} frames sampled, a face in {faced}; {len(result.faces)} face crops "
+        f"in {len(result.tracks)} track{'s' if len(result.tracks) != 1 else ''}. Sampling "
         f"{result.timings_ms['sampling'] / 1000:.2f} s, face detection "
         f"{result.timings_ms['detection'] / 1000:.2f} s (done once, shared by the models)."]
+    if result.failed_frames:
+        lines.append(lost_frames_text(result))
     teacher, student = result.models.get("teacher"), result.models.get("student")
     if teacher and student:
         size = teacher.num_parameters / max(student.num_parameters, 1)
@@ -387,6 +403,18 @@ def summary_markdown(result: AnalysisResult) -> str:
                      "clip where a face is visible, lit and at least 64 pixels tall, or sample "
                      "more frames.")
     return "\n\n".join(lines)
+
+
+def lost_frames_text(result: AnalysisResult, shown: int = 12) -> str:
+    """Which sampled frames did not decode (a damaged or truncated file), and that the scores
+    are from the others."""
+    lost = result.failed_frames
+    moments = ", ".join(f"{index / result.fps:.2f} s" for index in lost[:shown])
+    more = f", and {len(lost) - shown} more" if len(lost) > shown else ""
+    return (f"**⚠️ {len(lost)} of the {len(lost) + len(result.frames)} sampled frames could not "
+            f"be decoded** (at {moments}{more}): the file is damaged "
+            "or cut short there. The scores are from the frames that did decode; "
+            "re-encode the clip as H.264 MP4 to analyse all of it.")
 
 
 def gallery_items(result: AnalysisResult, limit: int) -> list[tuple[np.ndarray, str]]:

@@ -9,7 +9,8 @@ import sys
 from .errors import DeepfakeKDError
 
 # Modules that register a subcommand, in the order of the pipeline.
-COMMAND_MODULES = ["data", "train", "distill", "evaluate", "analysis", "bench", "publish"]
+COMMAND_MODULES = ["data", "train", "distill", "evaluate", "analysis", "bench", "publish",
+                   "loadtest"]
 
 
 def build_parser() -> argparse.ArgumentParser:

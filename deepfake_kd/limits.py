@@ -6,7 +6,11 @@ detection, so a Space and a laptop can set different bounds without touching the
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, replace
+from typing import Mapping
+
+from .errors import DeepfakeKDError
 
 MB = 1024 * 1024
 
@@ -56,7 +60,12 @@ class AppLimits:
     - `max_queue`: requests waiting behind it; the next one is told the queue is full.
     - `max_gallery`: face crops shown in the gallery (spread over the clip); the JSON has all.
     - `cache_ttl_s`: uploads, crops and result files are deleted after this long (a Space's
-      disk stays bounded; a user downloads the JSON right after the analysis).
+      disk stays bounded; a user downloads the JSON right after the analysis), checked every
+      `cache_sweep_s`; all of them are deleted when the server stops.
+
+    `AppLimits.from_env()` is what `python app.py` serves with: these values, or the ones the
+    variables in `ENV_APP_LIMITS` set (the load test starts servers with a small upload limit
+    and a tiny queue this way; a Space can tune itself without editing code).
     """
 
     analysis: Limits = Limits(max_file_mb=100.0, max_duration_s=120.0, max_frames=64)
@@ -65,3 +74,38 @@ class AppLimits:
     max_queue: int = 16
     max_gallery: int = 48
     cache_ttl_s: int = 3600
+
+    @property
+    def cache_sweep_s(self) -> int:
+        """How often expired files are looked for: a sixth of their lifetime, 1 s to 10 min."""
+        return max(1, min(600, self.cache_ttl_s // 6))
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "AppLimits":
+        """The defaults, with any limit that a variable of `ENV_APP_LIMITS` sets; a value that
+        is not a positive number stops the start-up with a message naming the variable."""
+        environ = os.environ if environ is None else environ
+        limits, analysis = {}, {}
+        for variable, (target, name, kind) in ENV_APP_LIMITS.items():
+            text = environ.get(variable, "").strip()
+            if not text:
+                continue
+            try:
+                value = kind(text)
+                if not value > 0:
+                    raise ValueError
+            except ValueError:
+                raise DeepfakeKDError(f"{variable}={text!r}: expected a positive "
+                                      f"{'whole number' if kind is int else 'number'}") from None
+            (analysis if target == "analysis" else limits)[name] = value
+        base = cls()
+        return replace(base, analysis=replace(base.analysis, **analysis), **limits)
+
+
+# variable -> (which limits, field, type); README "Using the app" lists them.
+ENV_APP_LIMITS = {
+    "DEEPFAKE_KD_MAX_UPLOAD_MB": ("analysis", "max_file_mb", float),
+    "DEEPFAKE_KD_MAX_DURATION_S": ("analysis", "max_duration_s", float),
+    "DEEPFAKE_KD_MAX_QUEUE": ("app", "max_queue", int),
+    "DEEPFAKE_KD_CACHE_TTL_S": ("app", "cache_ttl_s", int),
+}
