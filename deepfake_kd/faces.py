@@ -13,8 +13,9 @@ tables and the nets in channels-last layout.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import cv2
 import numpy as np
@@ -68,16 +69,28 @@ class FaceDetector:
         self.batch_size = batch_size
         self.max_shift = max_shift
 
-    def detect(self, frames: Sequence[np.ndarray], *,
-               progress: Callable[[float], None] | None = None) -> list[list[Face]]:
-        """Faces per frame for equal-size uint8 RGB frames in time order, with track ids."""
-        boxes, probs = [], []
-        for start in range(0, len(frames), self.batch_size):
-            batch_boxes, batch_probs = self.detect_boxes(frames[start:start + self.batch_size])
-            boxes += batch_boxes
-            probs += batch_probs
-            if progress:
-                progress(min(1.0, (start + self.batch_size) / len(frames)))
+    def detect(self, frames: Iterable[np.ndarray], *,
+               progress: Callable[[float], None] | None = None, total: int | None = None
+               ) -> list[list[Face]]:
+        """Faces per frame for equal-size uint8 RGB frames in time order, with track ids.
+
+        `frames` may be a list or any iterable, e.g. frames still being decoded: each batch goes
+        to MTCNN as soon as it is full. `total` (default: len(frames)) scales `progress`."""
+        if total is None and hasattr(frames, "__len__"):
+            total = len(frames)
+        seen, batch, boxes, probs = [], [], [], []
+        for frame in itertools.chain(frames, [None]):
+            if frame is not None:
+                seen.append(frame)
+                batch.append(frame)
+            if batch and (frame is None or len(batch) == self.batch_size):
+                batch_boxes, batch_probs = self.detect_boxes(batch)
+                boxes += batch_boxes
+                probs += batch_probs
+                batch = []
+                if progress:
+                    progress(min(1.0, len(seen) / max(total or len(seen), 1)))
+        frames = seen
         tracks = assign_tracks(boxes, max_shift=self.max_shift)
         return [[Face(box=box, prob=prob, track_id=track,
                       crop=square_crop(frame, box, size=self.crop_size))

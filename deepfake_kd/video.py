@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import cv2
 import numpy as np
@@ -45,9 +45,11 @@ class SampledVideo:
     failed: list[int]  # sampled indices that did not decode
 
 
-def sample_frames(path: str | Path, num_frames: int = 32, limits: Limits = Limits()
-                  ) -> SampledVideo:
-    """Decode `num_frames` frames evenly spread over the clip (all frames of a shorter clip)."""
+def sample_frames(path: str | Path, num_frames: int = 32, limits: Limits = Limits(), *,
+                  on_frame: Callable[[np.ndarray], None] | None = None) -> SampledVideo:
+    """Decode `num_frames` frames evenly spread over the clip (all frames of a shorter clip).
+    `on_frame(frame)` sees each kept frame as soon as it is decoded (face detection can start
+    on it while later frames decode)."""
     if not 1 <= num_frames <= limits.max_frames:
         raise DeepfakeKDError(f"number of frames must be between 1 and {limits.max_frames}, "
                               f"got {num_frames}")
@@ -66,6 +68,8 @@ def sample_frames(path: str | Path, num_frames: int = 32, limits: Limits = Limit
                 kept_size = fit_long_side(original_size, limits.keep_long_side)
             frames.append(to_rgb(frame, size=kept_size))  # shrink now: memory stays bounded
             kept.append(index)
+            if on_frame is not None:
+                on_frame(frames[-1])
     finally:
         capture.release()
     if not frames:

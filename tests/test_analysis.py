@@ -142,3 +142,25 @@ def test_bad_video_then_good_video(tmp_path, face_clip, detector):
         analyze_video(text, {"m": ConstantModel(0.5)}, detector=detector)
     result = analyze_video(face_clip, {"m": ConstantModel(0.5)}, num_frames=4, detector=detector)
     assert len(result.frames) == 4
+
+
+def test_overlapped_decoding_gives_the_same_analysis(face_clip, tmp_path, detector, tiny_models):
+    """analyze_video(overlap=True): faces detected while later frames decode, same result."""
+    plain_run = analyze_video(face_clip, tiny_models, num_frames=12, detector=detector)
+    calls = []
+    overlapped = analyze_video(face_clip, tiny_models, num_frames=12, detector=detector,
+                               overlap=True, progress=lambda f, text: calls.append(f))
+    def timeless(result):
+        data = result.to_dict()
+        for model in data["models"].values():
+            model["inference_ms"] = model["ms_per_face"] = None
+        return data | {"timings_ms": None}
+
+    assert timeless(overlapped) == timeless(plain_run)
+    timings = overlapped.timings_ms
+    assert timings["frames_and_faces"] <= timings["sampling"] + timings["detection"] + 1
+    assert calls == sorted(calls) and calls[-1] == 1.0
+    text = tmp_path / "clip.mp4"
+    text.write_text("hello")
+    with pytest.raises(VideoError, match="not a readable video"):  # raised by the decoder thread
+        analyze_video(text, tiny_models, detector=detector, overlap=True)
