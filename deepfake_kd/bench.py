@@ -368,7 +368,8 @@ def format_report(report: dict) -> str:
                       f"{clip['faces']} faces; median of {clip['repeats']} run(s)"]
         lines.append("  " + " | ".join(f"{stage.removeprefix('model:')} {seconds:.3f} s"
                                        for stage, seconds in stages.items())
-                     + f" | decoding and detection overlapped {clip['overlap_s']:.3f} s")
+                     + (f" | decoding and detection overlapped {clip['overlap_s']:.3f} s"
+                        if clip["overlap"] else ""))
         peak = "n/a" if clip["peak_rss_mb"] is None else f"{clip['peak_rss_mb']:.0f} MiB"
         lines.append(f"  total {clip['total_s']:.2f} s, {clip['frames_per_s']:.1f} frames/s; "
                      f"peak RSS {peak} (before: {clip['rss_before_mb']:.0f} MiB)")
@@ -410,8 +411,9 @@ def format_markdown(report: dict) -> str:
             f", peak resident memory {clip['peak_rss_mb'] / 1024:.1f} GiB"
         lines += ["", f"End to end on a {clip['width']}x{clip['height']}, {clip['duration_s']:.0f} s "
                       f"clip, {clip['frames']} frames, all models: {clip['total_s']:.2f} s "
-                      f"(median of {clip['repeats']}; {stages}; decoding overlapped detection by "
-                      f"{clip['overlap_s']:.2f} s){peak}."]
+                      f"(median of {clip['repeats']}; {stages}"
+                      + (f"; decoding overlapped detection by {clip['overlap_s']:.2f} s"
+                         if clip["overlap"] else "") + f"){peak}."]
     lines += ["", f"Measured by `python -m deepfake_kd bench` on {m['cpu']} ({m['cpu_count']} "
                   f"CPUs, {m['torch_threads']} torch thread(s), torch {m['torch']})."]
     return "\n".join(lines)
