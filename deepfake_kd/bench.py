@@ -230,7 +230,8 @@ def measure_clip(models: Mapping[str, FaceClassifier], clip: str | Path, *, fram
     return {
         "path": str(clip), "width": result.width, "height": result.height,
         "duration_s": result.duration, "fps": result.fps, "frames": len(result.frames),
-        "faces": len(result.faces), "frames_with_faces": sum(f.num_faces > 0 for f in result.frames),
+        "faces": len(result.faces),
+        "frames_with_faces": sum(f.num_faces > 0 for f in result.frames),
         "repeats": repeats, "overlap": overlap, "stages_s": median,
         "overlap_s": statistics.median(run["overlap_s"] for run in runs), "total_s": total,
         "frames_per_s": len(result.frames) / total,
@@ -323,7 +324,8 @@ def format_report(report: dict) -> str:
         f"{m['cpu']}, {m['cpu_count']} CPUs; torch {m['torch']} with {m['torch_threads']} "
         f"thread(s); load average {m['load_average_start'][0]:.1f} at start, "
         f"{m['load_average_end'][0]:.1f} at end" if m.get("load_average_start") else
-        f"{m['cpu']}, {m['cpu_count']} CPUs; torch {m['torch']} with {m['torch_threads']} thread(s)",
+        f"{m['cpu']}, {m['cpu_count']} CPUs; torch {m['torch']} with {m['torch_threads']} "
+        "thread(s)",
         "",
         f"{'model':<20} {'params':>11} {'GFLOP/face':>10}  "
         + "  ".join(f"{'batch ' + b + ': ms/face (p10-p90)':>30} {'GFLOP/s':>7}"
@@ -335,10 +337,11 @@ def format_report(report: dict) -> str:
             lat = per_model[name]
             batch = lat["median_ms"] / lat["per_face_ms"]
             cells.append(f"{lat['per_face_ms']:>12.3f} ({lat['p10_ms'] / batch:.3f}-"
-                         f"{lat['p90_ms'] / batch:.3f})".rjust(30) + f" {lat['gflops_per_s']:>7.1f}")
+                         f"{lat['p90_ms'] / batch:.3f})".rjust(30)
+                         + f" {lat['gflops_per_s']:>7.1f}")
         label = name if info["runtime"] == "eager" else f"{name} [{info['runtime']}]"
-        lines.append(f"{label:<20} {info['parameters']:>11,} {info['flops_per_face'] / 1e9:>10.3f}  "
-                     + "  ".join(cells))
+        lines.append(f"{label:<20} {info['parameters']:>11,} "
+                     f"{info['flops_per_face'] / 1e9:>10.3f}  " + "  ".join(cells))
     comp = report["comparison"]
     base = comp["baseline"]
     for name, c in comp.items():
@@ -409,8 +412,9 @@ def format_markdown(report: dict) -> str:
                            for stage, seconds in clip["stages_s"].items())
         peak = "" if clip["peak_rss_mb"] is None else \
             f", peak resident memory {clip['peak_rss_mb'] / 1024:.1f} GiB"
-        lines += ["", f"End to end on a {clip['width']}x{clip['height']}, {clip['duration_s']:.0f} s "
-                      f"clip, {clip['frames']} frames, all models: {clip['total_s']:.2f} s "
+        lines += ["", f"End to end on a {clip['width']}x{clip['height']}, "
+                      f"{clip['duration_s']:.0f} s clip, {clip['frames']} frames, all models: "
+                      f"{clip['total_s']:.2f} s "
                       f"(median of {clip['repeats']}; {stages}"
                       + (f"; decoding overlapped detection by {clip['overlap_s']:.2f} s"
                          if clip["overlap"] else "") + f"){peak}."]

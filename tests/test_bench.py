@@ -1,4 +1,4 @@
-"""`python -m deepfake_kd bench` with tiny settings: the JSON has every figure. No speed asserted."""
+"""`python -m deepfake_kd bench` with tiny settings: every figure in the JSON; no speed asserted."""
 
 from __future__ import annotations
 
