@@ -209,6 +209,10 @@ class Analyzer:
         if not self.app_models.ready:
             raise UserError(not_ready_message(self.app_models))
         path = check_upload(video)
+        if not path.exists():  # say so without the server's folders in the message
+            raise UserError(f"{path.name}: no such file on the server (uploads are deleted "
+                            f"after {self.limits.cache_ttl_s / 60:g} minutes); upload the clip "
+                            "again.")
         frames = check_frames(num_frames, self.limits.analysis.max_frames)
         threshold = check_threshold(threshold)
         try:

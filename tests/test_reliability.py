@@ -249,6 +249,14 @@ def test_served_limits_come_from_app_limits_and_the_environment(tiny_models):
     assert demo._queue.max_size == 3 and demo.delete_cache == (10, 60)
 
 
+def test_an_expired_upload_is_named_without_the_server_folders(app_analyzer, tmp_path):
+    gone = tmp_path / "cache" / "0123abcd" / "clip.mp4"
+    with pytest.raises(gr.Error, match=r"clip.mp4: no such file on the server .* 60 minutes\); "
+                                       "upload the clip again") as info:
+        app_analyzer.analyze(str(gone), 4, 0.55)
+    assert str(tmp_path) not in info.value.message
+
+
 # --- hostile upload names -------------------------------------------------------------------
 
 @pytest.mark.parametrize("name", HOSTILE)
