@@ -12,7 +12,8 @@ import os
 
 import gradio as gr
 
-from deepfake_kd.app_logic import Analyzer, AppModels, banner_markdown, load_app_models
+from deepfake_kd.app_logic import (Analyzer, AppModels, banner_markdown, load_app_models,
+                                   refuse_links)
 from deepfake_kd.errors import DeepfakeKDError
 from deepfake_kd.examples import example_clips
 from deepfake_kd.faces import FaceDetector
@@ -53,8 +54,8 @@ def build_demo(app_models: AppModels, *, detector: FaceDetector | None = None,
         gr.Markdown(banner, visible=bool(banner), elem_id="banner")
         with gr.Row(equal_height=False):
             with gr.Column(scale=2, min_width=300):
-                video = gr.Video(label="Clip", sources=["upload"], height=280,
-                                 elem_id="clip")
+                video = refuse_links(gr.Video(label="Clip", sources=["upload"], height=280,
+                                              elem_id="clip"))
                 frames = gr.Slider(1, limits.analysis.max_frames, value=limits.default_frames,
                                    step=1, label="Frames to sample",
                                    info="spread evenly over the clip")

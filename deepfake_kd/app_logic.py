@@ -27,6 +27,7 @@ from typing import Callable
 import gradio as gr
 import numpy as np
 import plotly.graph_objects as go
+from gradio_client.utils import is_http_url_like
 
 from .analysis import (FAKE, MODEL_ROLES, NO_FACE, REAL, UNTRAINED, AnalysisResult, ModelResult,
                        analyze_video, untrained_model)
@@ -278,6 +279,33 @@ def prune(folder: Path, *, older_than_s: float) -> None:
                 shutil.rmtree(child, ignore_errors=True)
         except OSError:
             pass  # another request removed it first
+
+
+LINK_REFUSED = ("Upload the clip itself: this app does not fetch links (a file named by URL "
+                "would be downloaded before its size could be checked).")
+
+
+def refuse_links(component):
+    """Make a file input take only files uploaded to this server. Gradio downloads any http(s)
+    URL that a client names as a file input's path, before the handler runs and with no size
+    limit, so a hand-made API call could make the server fetch a file of any size. The page and
+    gradio_client always upload (with the size limit enforced while the upload streams in)."""
+    move, async_move = (component.move_resource_to_block_cache,
+                        component.async_move_resource_to_block_cache)
+
+    def local_only(url_or_file_path):
+        if is_http_url_like(str(url_or_file_path)):
+            raise UserError(LINK_REFUSED)
+        return move(url_or_file_path)
+
+    async def async_local_only(url_or_file_path):
+        if is_http_url_like(str(url_or_file_path)):
+            raise UserError(LINK_REFUSED)
+        return await async_move(url_or_file_path)
+
+    component.move_resource_to_block_cache = local_only
+    component.async_move_resource_to_block_cache = async_local_only
+    return component
 
 
 def check_upload(video) -> Path:

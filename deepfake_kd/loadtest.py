@@ -65,8 +65,7 @@ HOSTILE_NAMES = {
     "name-traversal": "../../etc/passwd.mp4",  # not a local file name: sent as raw HTTP
 }
 MARKERS = ("pwned", "passwd.mp4")  # what those names would create if obeyed
-OUTSIDE = str(REPO / "README.md")  # a server file that a request names without uploading it
-REFUSED_OUTSIDE = f"Cannot move {OUTSIDE} to the gradio cache dir"  # Gradio's log line
+REFUSED_OUTSIDE = f"Cannot move {REPO / 'README.md'} to the gradio cache dir"  # Gradio's log
 
 
 # --- clips ----------------------------------------------------------------------------------
@@ -163,6 +162,7 @@ class Case:
     upload_name: str = ""
     summary: str = ""  # substring the page's summary must hold
     clip: str = ""  # which file is sent (default: the one made for `kind`)
+    path: str = ""  # raw "path": what the request names as the clip's path
 
 
 CASES = {
@@ -183,7 +183,11 @@ CASES = {
     "name-unicode": Case("name-unicode", "small-webm"),
     # a path on the server named without uploading: Gradio refuses it before the handler runs
     # and tells the client no more than that the call failed (its reason goes to the log)
-    "path-outside": Case("path-outside", "", raw="path", expect="server error"),
+    "path-outside": Case("path-outside", "", raw="path", path=str(REPO / "README.md"),
+                         expect="server error"),
+    # a link as the clip's path: Gradio would download it before any check (app: refuse_links)
+    "link": Case("link", "", raw="path", path="https://example.com/clip.mp4",
+                 expect="does not fetch links"),
     "name-semicolon": Case("name-semicolon", "small-webm"),
     "image": Case("image", "", expect="image, not a video"),
     "large": Case("large", "large"),
@@ -191,7 +195,7 @@ CASES = {
 # The first N of these (then again from the top) make N requests: the first few cover
 # a result, a bad file, hostile names, the upload limit and a path not uploaded.
 ORDER = ["landscape", "not-video", "name-traversal", "over-size", "name-shell", "path-outside",
-         "damaged", "portrait", "corrupt", "no-face", "too-long", "small-webm", "name-unicode",
+         "link", "damaged", "portrait", "corrupt", "no-face", "too-long", "small-webm", "name-unicode",
          "name-semicolon", "image", "large"]
 assert sorted(ORDER) == sorted(CASES)
 
@@ -419,7 +423,7 @@ def run_case(case: Case, url: str, clips: dict[str, Path], frames: int, download
     start = time.monotonic()
     try:
         if case.raw == "path":  # a file outside the upload folder, named without uploading
-            summary, data, _ = call_raw(url, None, frames, timeout_s, server_path=OUTSIDE)
+            summary, data, _ = call_raw(url, None, frames, timeout_s, server_path=case.path)
         elif case.raw == "upload":
             summary, data, _ = call_raw(url, clips[case.clip or case.kind], frames, timeout_s,
                                         upload_name=case.upload_name)

@@ -37,19 +37,19 @@ HOSTILE = ["$(touch pwned).mp4", "; rm -rf x.mp4", "`touch pwned`.mp4",
 # --- the served app under load ------------------------------------------------------------
 
 def test_reduced_load_test(model_dirs, tmp_path):
-    """`loadtest` with the tiny models: 7 requests from 2 clients (a clip, a non-video, hostile
+    """`loadtest` with the tiny models: 8 requests from 2 clients (a clip, a non-video, hostile
     names as raw HTTP and through gradio_client, an over-size upload, a path not uploaded, a
-    clip that breaks half-way), then more requests at once than a queue of 2 holds."""
+    link, a clip that breaks half-way), then more requests at once than a queue of 2 holds."""
     config = loadtest.Config(
-        requests=7, concurrency=2, frames=6, teacher=str(model_dirs["teacher"]),
+        requests=8, concurrency=2, frames=6, teacher=str(model_dirs["teacher"]),
         student=str(model_dirs["student"]), upload_limit_mb=2, cache_ttl_s=120,
         wait_for_ttl=False, overflow_queue=2, overflow_requests=5, timeout_s=90,
         start_timeout_s=120, large=False)
     report = loadtest.run(config, work=tmp_path / "load", log=lambda text: None)
     text = loadtest.format_report(report)
     assert report["passed"], text
-    assert report["requests"] == 7 and report["failures"] == []
-    assert report["results"] == 4 and report["clear_errors"] == 3  # landscape, 2 names, damaged
+    assert report["requests"] == 8 and report["failures"] == []
+    assert report["results"] == 4 and report["clear_errors"] == 4  # landscape, 2 names, damaged
     assert report["rss_peak_mb"] <= report["rss_bound_mb"]
     assert report["files_left"] == [] and report["hostile_files_created"] == []
     assert report["path_outside_refused"] and report["server_tracebacks"] == 0
@@ -67,7 +67,8 @@ def test_plan_covers_every_kind_of_request():
     assert set(kinds) == set(loadtest.CASES) and len(kinds) == 20
     assert "large" not in {case.kind for case in loadtest.plan(20, large=False)}
     bad = {kind for kind, case in loadtest.CASES.items() if case.expect}
-    assert bad == {"not-video", "over-size", "corrupt", "too-long", "image", "path-outside"}
+    assert bad == {"not-video", "over-size", "corrupt", "too-long", "image", "path-outside",
+                   "link"}
 
 
 def test_scores_are_compared_to_float_tolerance():
