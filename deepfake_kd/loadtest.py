@@ -242,10 +242,11 @@ class Server:
         self.tmp.mkdir(parents=True, exist_ok=True)
         self.cwd.mkdir(parents=True, exist_ok=True)
         port = free_port()
-        env = {**os.environ, **self.env, "TMPDIR": str(self.tmp),
+        inherited = {k: v for k, v in os.environ.items()  # no stray DEEPFAKE_KD_UNTRAINED=1
+                     if not k.startswith("DEEPFAKE_KD_") and k != "GRADIO_TEMP_DIR"}
+        env = {**inherited, **self.env, "TMPDIR": str(self.tmp),
                "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port),
                "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1"}
-        env.pop("GRADIO_TEMP_DIR", None)  # everything under TMPDIR
         self.url = f"http://127.0.0.1:{port}/"
         with open(self.log_path, "wb") as log:  # a fixed argv, no shell
             self.process = subprocess.Popen([sys.executable, str(APP)], cwd=self.cwd, env=env,
@@ -526,16 +527,11 @@ def model_env(config: Config, root: Path) -> tuple[dict[str, str], str]:
         return ({"DEEPFAKE_KD_TEACHER": str(folders["teacher"]),
                  "DEEPFAKE_KD_STUDENT": str(folders["student"])},
                 "untrained (random weights) in the released architectures")
-    env = {}
-    for role in ("teacher", "student"):
-        reference = getattr(config, role)
-        if reference:
-            env[f"DEEPFAKE_KD_{role.upper()}"] = reference
     from .models.hub import default_reference
 
-    return env, ", ".join(f"{role} {env.get(f'DEEPFAKE_KD_{role.upper()}')}"
-                          if f"DEEPFAKE_KD_{role.upper()}" in env
-                          else f"{role} {default_reference(role)}"
+    env = {f"DEEPFAKE_KD_{role.upper()}": getattr(config, role) or default_reference(role)
+           for role in ("teacher", "student")}  # the app's own choice unless named
+    return env, ", ".join(f"{role} {env[f'DEEPFAKE_KD_{role.upper()}']}"
                           for role in ("teacher", "student"))
 
 
@@ -565,7 +561,6 @@ def run(config: Config, work: Path | None = None, log=print) -> dict:
         report["models"] = models
         env.update({"DEEPFAKE_KD_MAX_UPLOAD_MB": f"{config.upload_limit_mb:g}",
                     "DEEPFAKE_KD_CACHE_TTL_S": str(config.cache_ttl_s)})
-        env.pop("DEEPFAKE_KD_UNTRAINED", None)
         from .limits import AppLimits
 
         limits = AppLimits.from_env(env)
