@@ -86,12 +86,15 @@ def test_save_load_round_trip_gives_identical_outputs(make, tmp_path):
 
 
 def test_fp16_shards_load_into_fp32(tmp_path, monkeypatch):
-    monkeypatch.setattr("deepfake_kd.models.base.MAX_SHARD_SIZE", "100KB")
+    monkeypatch.setattr("deepfake_kd.models.base.MAX_SHARD_BYTES", 50_000)
     torch.manual_seed(0)
     model = StudentCNN(widths=(8, 16, 32, 64)).eval()
     save_model(model.half(), tmp_path / "m")
     shards = sorted((tmp_path / "m").glob("model-*.safetensors"))
     assert len(shards) > 1 and (tmp_path / "m" / "model.safetensors.index.json").is_file()
+    assert max(p.stat().st_size for p in shards) < 50_000 + 10_000  # + the header
+    index = json.loads((tmp_path / "m" / "model.safetensors.index.json").read_text())
+    assert any(".__part" in key for key in index["weight_map"])  # the 64x64x3x3 convs split
     loaded = load_model(str(tmp_path / "m"))
     assert next(loaded.parameters()).dtype == torch.float32
     x = torch.randn(2, 3, 112, 112)
@@ -109,7 +112,7 @@ def test_strict_loading_rejects_a_wrong_checkpoint(tmp_path):
 
 
 def test_a_missing_shard_and_a_corrupt_file_are_named(tmp_path, monkeypatch):
-    monkeypatch.setattr("deepfake_kd.models.base.MAX_SHARD_SIZE", "20KB")
+    monkeypatch.setattr("deepfake_kd.models.base.MAX_SHARD_BYTES", 20_000)
     save_model(StudentCNN(widths=(8, 16, 32)), tmp_path / "m")
     shards = sorted((tmp_path / "m").glob("model-*.safetensors"))
     shutil.copytree(tmp_path / "m", tmp_path / "corrupt")

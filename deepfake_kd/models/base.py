@@ -23,7 +23,8 @@ from ..errors import WeightsError
 WEIGHTS_FILE = "model.safetensors"
 WEIGHTS_INDEX_FILE = "model.safetensors.index.json"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
-MAX_SHARD_SIZE = "45MB"  # keeps every released file under the 50 MB limit for git
+MAX_SHARD_BYTES = 45_000_000  # keeps every released file under the 50 MB limit for git
+PART_MARKER = ".__part"  # a tensor larger than a shard is stored as row chunks `<key>.__part<i>`
 
 
 def hub_mixin_kwargs(model_name: str) -> dict:
@@ -78,8 +79,8 @@ class FaceClassifier(nn.Module, PyTorchModelHubMixin):
     # --- persistence: config.json from the mixin, weights as (sharded) safetensors only ---
 
     def _save_pretrained(self, save_directory: Path) -> None:
-        state = {k: v.detach().contiguous() for k, v in self.state_dict().items()}
-        save_torch_state_dict(state, save_directory, max_shard_size=MAX_SHARD_SIZE)
+        state = split_large_tensors(self.state_dict(), max_bytes=MAX_SHARD_BYTES)
+        save_torch_state_dict(state, save_directory, max_shard_size=MAX_SHARD_BYTES)
 
     @classmethod
     def _from_pretrained(cls, *, model_id: str, revision=None, cache_dir=None,
@@ -99,6 +100,39 @@ class FaceClassifier(nn.Module, PyTorchModelHubMixin):
         import inspect
 
         return set(inspect.signature(cls.__init__).parameters) - {"self"}
+
+
+def split_large_tensors(state: dict[str, torch.Tensor], *, max_bytes: int
+                        ) -> dict[str, torch.Tensor]:
+    """Split tensors bigger than a shard into row chunks: safetensors cannot spread one tensor
+    over two files, and the teacher's 75,264 x 384 patch embedding is 58 MB even in fp16."""
+    out = {}
+    for key, tensor in state.items():
+        tensor = tensor.detach().contiguous()
+        size = tensor.numel() * tensor.element_size()
+        if size <= max_bytes or tensor.ndim == 0:
+            out[key] = tensor
+            continue
+        for i, chunk in enumerate(tensor.chunk(-(-size // max_bytes), dim=0)):
+            out[f"{key}{PART_MARKER}{i}"] = chunk.clone()  # own storage: one file each
+    return out
+
+
+def join_split_tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Inverse of `split_large_tensors`."""
+    parts: dict[str, dict[int, torch.Tensor]] = {}
+    out = {}
+    for key, tensor in state.items():
+        base, marker, index = key.rpartition(PART_MARKER)
+        if marker and index.isdigit():
+            parts.setdefault(base, {})[int(index)] = tensor
+        else:
+            out[key] = tensor
+    for base, chunks in parts.items():
+        if sorted(chunks) != list(range(len(chunks))):
+            raise WeightsError(f"{base}: chunks {sorted(chunks)} are not complete")
+        out[base] = torch.cat([chunks[i] for i in range(len(chunks))], dim=0)
+    return out
 
 
 def load_weights(model: nn.Module, folder: str | Path, *, strict: bool = True) -> None:
@@ -129,6 +163,7 @@ def load_weights(model: nn.Module, folder: str | Path, *, strict: bool = True) -
         except Exception as exc:  # safetensors raises several types for damaged files
             raise WeightsError(f"{path}: not a readable safetensors file ({exc}); "
                                "download the weights folder again.") from exc
+    state = join_split_tensors(state)
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
