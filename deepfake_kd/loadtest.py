@@ -527,11 +527,12 @@ def model_env(config: Config, root: Path) -> tuple[dict[str, str], str]:
         return ({"DEEPFAKE_KD_TEACHER": str(folders["teacher"]),
                  "DEEPFAKE_KD_STUDENT": str(folders["student"])},
                 "untrained (random weights) in the released architectures")
+    from .app_logic import short_path
     from .models.hub import default_reference
 
     env = {f"DEEPFAKE_KD_{role.upper()}": getattr(config, role) or default_reference(role)
            for role in ("teacher", "student")}  # the app's own choice unless named
-    return env, ", ".join(f"{role} {env[f'DEEPFAKE_KD_{role.upper()}']}"
+    return env, ", ".join(f"{role} {short_path(env[f'DEEPFAKE_KD_{role.upper()}'])}"
                           for role in ("teacher", "student"))
 
 
