@@ -96,7 +96,7 @@ def env_weights(monkeypatch, tmp_path, model_dirs):
 
 
 def sharded_student(folder: Path, monkeypatch) -> list[Path]:
-    monkeypatch.setattr("deepfake_kd.models.base.MAX_SHARD_SIZE", "20KB")
+    monkeypatch.setattr("deepfake_kd.models.base.MAX_SHARD_BYTES", 20_000)
     save_model(StudentCNN(widths=(8, 16, 32)), folder)
     shards = sorted(folder.glob("model-*.safetensors"))
     assert len(shards) > 1
