@@ -17,14 +17,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m deepfake_kd", description=__doc__)
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"deepfake_kd.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"deepfake_kd.{name}":
-                raise
-            continue  # command not written yet
-        if hasattr(module, "add_cli"):
-            module.add_cli(subparsers)
+        importlib.import_module(f"deepfake_kd.{name}").add_cli(subparsers)
     return parser
 
 
