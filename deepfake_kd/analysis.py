@@ -278,13 +278,8 @@ def add_cli(subparsers) -> None:
                         help="frames to sample (default 32)")
     parser.add_argument("--threshold", type=probability, default=DEFAULT_THRESHOLD, metavar="T",
                         help=f"fake if a track's mean exceeds this (default {DEFAULT_THRESHOLD})")
-    for role in MODEL_ROLES:
-        parser.add_argument(f"--{role}", metavar="REF",
-                            help=f"{role} weights: a folder or Hub repo id[@rev] "
-                                 f"(default {default_reference(role)})")
-    parser.add_argument("--untrained", action="store_true",
-                        help="random weights for every model not given by REF: tries the "
-                             "pipeline before training; its scores mean nothing")
+    add_model_arguments(parser, untrained_help="tries the pipeline before training; its "
+                                               "scores mean nothing")
     add_runtime_argument(parser)
     parser.add_argument("--json", action="store_true", help="print the full result as JSON")
     parser.set_defaults(run=run_cli)
@@ -299,6 +294,16 @@ def add_runtime_argument(parser) -> None:
     parser.add_argument("--calibration", metavar="MANIFEST",
                         help="face crops for onnx-int8: a few hundred from this manifest's "
                              "train split")
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, *, untrained_help: str) -> None:
+    """--teacher / --student REF and --untrained, as `load_cli_models` reads them."""
+    for role in MODEL_ROLES:
+        parser.add_argument(f"--{role}", metavar="REF",
+                            help=f"{role} weights: a folder or Hub repo id[@rev] "
+                                 f"(default {default_reference(role)})")
+    parser.add_argument("--untrained", action="store_true",
+                        help=f"random weights for every model not given by REF: {untrained_help}")
 
 
 def probability(text: str) -> float:

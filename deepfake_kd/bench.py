@@ -34,7 +34,8 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from .analysis import add_runtime_argument, analyze_video, apply_runtimes, load_cli_models
+from .analysis import (add_model_arguments, add_runtime_argument, analyze_video, apply_runtimes,
+                       load_cli_models)
 from .errors import DeepfakeKDError
 from .faces import CROP_SIZE, FaceDetector
 from .models import FaceClassifier
@@ -443,19 +444,10 @@ def positive_int(text: str) -> int:
 
 
 def add_cli(subparsers) -> None:
-    from .analysis import MODEL_ROLES
-    from .models import default_reference
-
     parser = subparsers.add_parser(
         "bench", help="per-face latency, FLOPs and parameters of both models, and a whole clip",
         description=__doc__.split("\n\n")[0] + " Prints a table; --json also writes the data.")
-    for role in MODEL_ROLES:
-        parser.add_argument(f"--{role}", metavar="REF",
-                            help=f"{role} weights: a folder or Hub repo id[@rev] "
-                                 f"(default {default_reference(role)})")
-    parser.add_argument("--untrained", action="store_true",
-                        help="random weights for every model not given by REF (latency does "
-                             "not depend on weight values)")
+    add_model_arguments(parser, untrained_help="latency does not depend on weight values")
     parser.add_argument("--threads", type=positive_int, default=None, metavar="N",
                         help="torch threads (default: torch's own choice, reported)")
     parser.add_argument("--repeats", type=positive_int, default=30, metavar="N",
