@@ -36,6 +36,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from .analysis import (add_model_arguments, add_runtime_argument, analyze_video, apply_runtimes,
                        load_cli_models)
+from .cli import positive_int
 from .errors import DeepfakeKDError
 from .faces import CROP_SIZE, FaceDetector
 from .models import FaceClassifier
@@ -179,14 +180,22 @@ def reset_peak_rss() -> bool:
         return False
 
 
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process since start (or since `reset_peak_rss`), in MiB."""
+def proc_status_mb(field: str) -> float | None:
+    """A memory field of /proc/self/status (VmRSS, VmHWM) in MiB; None where there is none."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024
     except OSError:
         pass
+    return None
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process since start (or since `reset_peak_rss`), in MiB."""
+    peak = proc_status_mb("VmHWM")
+    if peak is not None:
+        return peak
     import resource  # Unix only; imported here so the CLI still loads elsewhere
 
     kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
@@ -194,13 +203,8 @@ def peak_rss_mb() -> float:
 
 
 def rss_mb() -> float:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return float("nan")
+    rss = proc_status_mb("VmRSS")
+    return float("nan") if rss is None else rss
 
 
 def measure_clip(models: Mapping[str, FaceClassifier], clip: str | Path, *, frames: int,
@@ -434,13 +438,6 @@ def batch_sizes_arg(text: str) -> list[int]:
     if not sizes or min(sizes) < 1:
         raise argparse.ArgumentTypeError(f"batch sizes must be >= 1, got {text!r}")
     return sizes
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
-    return value
 
 
 def add_cli(subparsers) -> None:

@@ -13,6 +13,14 @@ COMMAND_MODULES = ["data", "train", "distill", "evaluate", "analysis", "bench", 
                    "loadtest"]
 
 
+def positive_int(text: str) -> int:
+    """argparse type for counts (frames, repeats, threads, limits)."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m deepfake_kd", description=__doc__)
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
