@@ -23,8 +23,13 @@ import torch
 import torch.nn.functional as F
 
 from .evaluate import binary_metrics, predict_crops
-from .models import FaceClassifier, StudentCNN, load_model
-from .train import add_fit_arguments, file_logger, fit, fit_config, hard_loss, load_split
+from .models import FaceClassifier, StudentCNN, TinyEfficientNet, load_model
+from .data import Augment
+from .train import (CropFeed, add_fit_arguments, file_logger, fit, fit_config, hard_loss,
+                    imagenet_lite0_state_dict, init_trunks_from, load_split)
+
+STUDENTS: dict[str, type[FaceClassifier]] = {"tiny-efficientnet": TinyEfficientNet,
+                                             "student-cnn": StudentCNN}
 
 
 def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
@@ -106,7 +111,10 @@ def run_distill(args: argparse.Namespace) -> int:
                                            limit=args.limit)
     val_crops, val_labels = load_split(args.manifest, "val", cache_dir=args.cache_dir,
                                        limit=args.limit)
-    student = StudentCNN(**(json.loads(args.model_kwargs) if args.model_kwargs else {}))
+    student = STUDENTS[args.arch](**(json.loads(args.model_kwargs) if args.model_kwargs else {}))
+    if args.init == "imagenet-lite0":
+        log(f"initialised {init_trunks_from(student, imagenet_lite0_state_dict())} backbone "
+            "tensors from imagenet-lite0")
     targets = {"label": train_labels}
     if args.alpha < 1.0:
         teacher = load_model(args.teacher)
@@ -117,11 +125,12 @@ def run_distill(args: argparse.Namespace) -> int:
         loss_fn = partial(kd_loss_fn, alpha=args.alpha, temperature=args.temperature)
     else:  # the ablation: the same student and recipe without the teacher
         loss_fn = hard_loss
-    log(f"StudentCNN: {student.num_parameters():,} parameters; alpha={args.alpha} "
+    log(f"{type(student).__name__}: {student.num_parameters():,} parameters; alpha={args.alpha} "
         f"T={args.temperature}")
     size = student.input_size
-    state = fit(student, train_crops=resize_crops(train_crops, size), train_targets=targets,
-                val_crops=resize_crops(val_crops, size), val_labels=val_labels, out_dir=out,
+    state = fit(student, train=CropFeed(resize_crops(train_crops, size), augment=Augment()),
+                train_targets=targets, val=CropFeed(resize_crops(val_crops, size)),
+                val_labels=val_labels, out_dir=out,
                 config=fit_config(args), loss_fn=loss_fn, log=log)
     best = load_model(str(out / "best"))
     final = binary_metrics(val_labels, predict_crops(best, val_crops))
@@ -139,6 +148,9 @@ def add_cli(subparsers) -> None:
     parser.add_argument("--alpha", type=float, default=0.5,
                         help="weight of the hard-label loss (1.0: no teacher, the ablation)")
     parser.add_argument("--temperature", type=float, default=4.0)
+    parser.add_argument("--arch", choices=sorted(STUDENTS), default="tiny-efficientnet")
+    parser.add_argument("--init", choices=["imagenet-lite0", "none"], default="imagenet-lite0",
+                        help="backbone initialisation of a tiny-efficientnet student")
     parser.add_argument("--model-kwargs", default=None,
-                        help="JSON of student arguments, e.g. '{\"widths\": [16, 32, 64, 128]}'")
+                        help="JSON of student arguments, e.g. '{\"head_channels\": 256}'")
     parser.set_defaults(run=run_distill)

@@ -21,12 +21,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .backbone_cache import cached_trunk_maps
 from .data import Augment, batches, load_crops, read_samples, to_tensor
 from .evaluate import binary_metrics, predict_crops
 from .errors import DeepfakeKDError
 from .models import (CrossEfficientViT, EfficientNetClassifier, FaceClassifier, load_model,
                      save_model)
-from .models.cross_efficient_vit import EfficientNetTrunk
+from .models.cross_efficient_vit import EfficientNetTrunk, ImageEmbedder
 
 ARCHITECTURES: dict[str, type[FaceClassifier]] = {
     "cross-efficient-vit": CrossEfficientViT,
@@ -97,13 +98,85 @@ def freeze_early_stages(model: torch.nn.Module, trainable_from_stage: int) -> li
     return frozen
 
 
+def freeze_trunks(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """Freeze every backbone whole; training can then run on cached maps (backbone_cache)."""
+    trunks = [m for m in model.modules() if isinstance(m, EfficientNetTrunk)]
+    for trunk in trunks:
+        trunk.requires_grad_(False)
+    return trunks
+
+
+def freeze_embeddings(model: torch.nn.Module) -> int:
+    """Freeze the teacher's patch embeddings, position embeddings and CLS tokens (what turns a
+    backbone map into tokens); returns the parameters frozen."""
+    frozen = 0
+    for embedder in (m for m in model.modules() if isinstance(m, ImageEmbedder)):
+        for name, param in embedder.named_parameters():
+            if not name.startswith("trunk."):
+                param.requires_grad_(False)
+                frozen += param.numel()
+    return frozen
+
+
 # ---------------------------------------------------------------- the loop
+
+@dataclass
+class CropFeed:
+    """Face crops (uint8 [N,H,W,3]) fed through the model's own preprocessing; augmented when
+    training."""
+
+    crops: np.ndarray
+    augment: Augment | None = None
+
+    def __len__(self) -> int:
+        return len(self.crops)
+
+    def logits(self, model: FaceClassifier, index: torch.Tensor,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+        images = to_tensor(self.crops[index.numpy()])
+        if self.augment is not None and generator is not None:
+            images = self.augment(images, generator)
+        return model(model.preprocess(images))
+
+    def predict(self, model: FaceClassifier) -> np.ndarray:
+        return predict_crops(model, self.crops, batch_size=64)
+
+
+@dataclass
+class MapFeed:
+    """Cached trunk maps of face crops (backbone_cache), fed to `forward_from_features`: for a
+    model whose trunks are frozen. Training views are flipped left-right at random, the one
+    augmentation that maps onto feature maps (approximately: a flipped crop's map is close to
+    the flipped map, as ImageNet features are nearly mirror-symmetric)."""
+
+    maps: list[np.ndarray]
+    flip: float = 0.5
+
+    def __len__(self) -> int:
+        return len(self.maps[0])
+
+    def logits(self, model: FaceClassifier, index: torch.Tensor,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+        maps = [torch.from_numpy(np.asarray(m[index.numpy()])).float() for m in self.maps]
+        if generator is not None and self.flip > 0:
+            mirrored = torch.rand(len(index), generator=generator) < self.flip
+            maps = [torch.where(mirrored.view(-1, 1, 1, 1), m.flip(-1), m) for m in maps]
+        return model.forward_from_features(*maps)
+
+    @torch.no_grad()
+    def predict(self, model: FaceClassifier, batch_size: int = 256) -> np.ndarray:
+        model.eval()
+        out = [torch.sigmoid(self.logits(model, torch.arange(s, min(s + batch_size, len(self)))))
+               for s in range(0, len(self), batch_size)]
+        return torch.cat(out).float().numpy()
+
 
 @dataclass
 class FitConfig:
     batch_size: int = 32
     lr: float = 3e-4
     backbone_lr: float | None = None  # learning rate of backbone (trunk) weights; None: lr
+    embedding_lr: float | None = None  # learning rate of the teacher's patch embeddings; None: lr
     weight_decay: float = 0.05
     warmup_fraction: float = 0.05
     epochs: float = 1.0  # schedule length when `minutes` is not set
@@ -112,7 +185,6 @@ class FitConfig:
     seed: int = 0
     threads: int | None = None
     bf16: bool = False
-    augment: Augment = field(default_factory=Augment)
 
 
 @dataclass
@@ -140,17 +212,22 @@ def seed_everything(seed: int) -> torch.Generator:
 
 
 def parameter_groups(model: torch.nn.Module, config: FitConfig) -> list[dict]:
-    """AdamW groups: no weight decay on biases and norms; backbone weights may take their own
-    learning rate. The teacher needs both: Adam at the backbone's 3e-4 moves the 62,720- and
-    75,264-input patch embeddings so far per step that its output collapsed to a constant
-    (loss stuck at 0.693 for 8,000 images), while 3e-5 learns."""
+    """AdamW groups: no weight decay on biases and norms; backbone weights and the teacher's
+    patch embeddings may take their own learning rates. The teacher needs that: Adam moves every
+    weight by about the learning rate per step, so a 62,720- or 75,264-input patch embedding
+    moves its outputs ~100x more than a 512-input layer at the same rate; at 3e-4 the teacher's
+    output collapsed to a constant (loss stuck at 0.693 for 8,000 images)."""
     trunk_params = {id(p) for m in model.modules() if isinstance(m, EfficientNetTrunk)
                     for p in m.parameters()}
+    embedding_params = {id(p) for name, m in model.named_modules()
+                        if name.endswith("to_patch_embedding") for p in m.parameters()}
+    kinds = {"backbone": config.backbone_lr, "embedding": config.embedding_lr, "rest": None}
     groups = []
-    for in_trunk in (True, False):
-        lr = (config.backbone_lr or config.lr) if in_trunk else config.lr
-        chosen = [p for p in model.parameters()
-                  if p.requires_grad and (id(p) in trunk_params) == in_trunk]
+    for kind, kind_lr in kinds.items():
+        lr = kind_lr or config.lr
+        chosen = [p for p in model.parameters() if p.requires_grad and kind == (
+            "backbone" if id(p) in trunk_params else
+            "embedding" if id(p) in embedding_params else "rest")]
         for decay in (True, False):
             group = [p for p in chosen if (p.ndim > 1) == decay]
             if group:
@@ -159,8 +236,8 @@ def parameter_groups(model: torch.nn.Module, config: FitConfig) -> list[dict]:
     return groups
 
 
-def fit(model: FaceClassifier, *, train_crops: np.ndarray, train_targets: dict[str, np.ndarray],
-        val_crops: np.ndarray, val_labels: np.ndarray, out_dir: str | Path, config: FitConfig,
+def fit(model: FaceClassifier, *, train: CropFeed | MapFeed, train_targets: dict[str, np.ndarray],
+        val: CropFeed | MapFeed, val_labels: np.ndarray, out_dir: str | Path, config: FitConfig,
         loss_fn: LossFn = hard_loss, frozen: list[torch.nn.Module] = (),
         log: Callable[[str], None] = print, progress: bool = True) -> TrainState:
     """Train `model` in place; keep `out_dir/best` (highest val AUC) and a resumable checkpoint."""
@@ -181,7 +258,7 @@ def fit(model: FaceClassifier, *, train_crops: np.ndarray, train_targets: dict[s
         state = TrainState(**json.loads(saved["state"]))
         log(f"resumed from {checkpoint} at step {state.step} ({state.seconds / 60:.1f} min)")
 
-    steps_per_epoch = len(train_crops) // config.batch_size
+    steps_per_epoch = len(train) // config.batch_size
     total_steps = max(1, int(config.epochs * steps_per_epoch))
     targets = {k: torch.as_tensor(np.asarray(v), dtype=torch.float32)
                for k, v in train_targets.items()}
@@ -192,7 +269,7 @@ def fit(model: FaceClassifier, *, train_crops: np.ndarray, train_targets: dict[s
         return state.step / total_steps
 
     def evaluate_and_checkpoint() -> None:
-        probs = predict_crops(model, val_crops, batch_size=64)
+        probs = val.predict(model)
         metrics = binary_metrics(val_labels, probs)
         record = {"step": state.step, "minutes": round(state.seconds / 60, 2),
                   "images": state.images, **{k: round(v, 4) for k, v in metrics.items()}}
@@ -214,7 +291,7 @@ def fit(model: FaceClassifier, *, train_crops: np.ndarray, train_targets: dict[s
                    desc=f"training {type(model).__name__}", unit="step")
     last_eval = state.seconds
     while progress_fraction() < 1.0:
-        for index in batches(len(train_crops), config.batch_size, generator=generator):
+        for index in batches(len(train), config.batch_size, generator=generator):
             if progress_fraction() >= 1.0:
                 break
             started = time.perf_counter()
@@ -222,14 +299,13 @@ def fit(model: FaceClassifier, *, train_crops: np.ndarray, train_targets: dict[s
             for module in frozen:
                 module.eval()
             index_sorted = index.sort().values  # sequential reads from the memory map
-            images = config.augment(to_tensor(train_crops[index_sorted.numpy()]), generator)
             batch_targets = {k: v[index_sorted] for k, v in targets.items()}
             factor = schedule(progress_fraction(), config.warmup_fraction)
             for group in optimizer.param_groups:
                 group["lr"] = group["base_lr"] * factor
             lr = config.lr * factor
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
-                logits = model(model.preprocess(images))
+                logits = train.logits(model, index_sorted, generator)
             loss = loss_fn(logits.float(), batch_targets).mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -291,6 +367,8 @@ def add_fit_arguments(parser: argparse.ArgumentParser, *, lr: float, batch_size:
     parser.add_argument("--lr", type=float, default=lr)
     parser.add_argument("--backbone-lr", type=float, default=None,
                         help="learning rate of the EfficientNet backbones (default: --lr)")
+    parser.add_argument("--embedding-lr", type=float, default=None,
+                        help="learning rate of the teacher's patch embeddings (default: --lr)")
     parser.add_argument("--weight-decay", type=float, default=0.05)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--bf16", action="store_true", help="CPU bfloat16 autocast")
@@ -301,6 +379,7 @@ def add_fit_arguments(parser: argparse.ArgumentParser, *, lr: float, batch_size:
 
 def fit_config(args: argparse.Namespace) -> FitConfig:
     return FitConfig(batch_size=args.batch_size, lr=args.lr, backbone_lr=args.backbone_lr,
+                     embedding_lr=args.embedding_lr,
                      weight_decay=args.weight_decay,
                      epochs=args.epochs, minutes=args.minutes,
                      eval_every_minutes=args.eval_every_minutes, seed=args.seed,
@@ -312,12 +391,22 @@ def run_train_teacher(args: argparse.Namespace) -> int:
     log = file_logger(out / "train.log")
     log(f"train-teacher {json.dumps(vars(args), default=str)}")
     model_kwargs = json.loads(args.model_kwargs) if args.model_kwargs else {}
-    model = ARCHITECTURES[args.arch](backbone=args.backbone, **model_kwargs)
-    if args.init != "none":
+    if args.from_model:
+        model = load_model(args.from_model)
+        if not isinstance(model, ARCHITECTURES[args.arch]):
+            raise DeepfakeKDError(f"{args.from_model} holds a {type(model).__name__}, "
+                                  f"not a {args.arch}")
+        log(f"all weights from {args.from_model}")
+    else:
+        model = ARCHITECTURES[args.arch](backbone=args.backbone, **model_kwargs)
+    if args.init != "none" and not args.from_model:
         state = imagenet_lite0_state_dict() if args.init == "imagenet-lite0" \
             else trained_trunk_state_dict(args.init)
         log(f"initialised {init_trunks_from(model, state)} backbone tensors from {args.init}")
-    frozen = freeze_early_stages(model, args.trainable_from_stage)
+    frozen = freeze_trunks(model) if args.freeze_trunks \
+        else freeze_early_stages(model, args.trainable_from_stage)
+    if args.freeze_embeddings:
+        log(f"froze {freeze_embeddings(model):,} embedding parameters")
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log(f"{type(model).__name__}: {model.num_parameters():,} parameters, {trainable:,} trainable")
     train_crops, train_labels = load_split(args.manifest, "train", cache_dir=args.cache_dir,
@@ -325,9 +414,16 @@ def run_train_teacher(args: argparse.Namespace) -> int:
     val_crops, val_labels = load_split(args.manifest, "val", cache_dir=args.cache_dir,
                                        limit=args.limit)
     log(f"{len(train_crops)} train crops, {len(val_crops)} val crops")
-    state = fit(model, train_crops=train_crops, train_targets={"label": train_labels},
-                val_crops=val_crops, val_labels=val_labels, out_dir=out,
-                config=fit_config(args), frozen=frozen, log=log)
+    if args.freeze_trunks:  # the trunks' maps never change: compute them once
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        train = MapFeed(cached_trunk_maps(model, train_crops, cache_dir=args.cache_dir))
+        val = MapFeed(cached_trunk_maps(model, val_crops, cache_dir=args.cache_dir))
+    else:
+        train, val = CropFeed(train_crops, augment=Augment()), CropFeed(val_crops)
+    state = fit(model, train=train, train_targets={"label": train_labels}, val=val,
+                val_labels=val_labels, out_dir=out, config=fit_config(args), frozen=frozen,
+                log=log)
     log(f"done: best val AUC {state.best_auc:.4f} after {state.seconds / 60:.1f} min, "
         f"{state.images / max(state.seconds, 1e-9):.1f} img/s; best model in {out / 'best'}")
     return 0
@@ -344,6 +440,14 @@ def add_cli(subparsers) -> None:
                              "trunk of a trained model (folder or Hub id, e.g. the baseline)")
     parser.add_argument("--trainable-from-stage", type=int, default=4,
                         help="freeze stem and backbone stages below this one (0: train all)")
+    parser.add_argument("--from-model", default=None, metavar="REF",
+                        help="start from all weights of a trained model of this architecture "
+                             "(e.g. weights/teacher) instead of --init")
+    parser.add_argument("--freeze-trunks", action="store_true",
+                        help="freeze the EfficientNet backbones whole; their maps are computed "
+                             "once (cached in --cache-dir) and training runs on them")
+    parser.add_argument("--freeze-embeddings", action="store_true",
+                        help="freeze the teacher's patch and position embeddings and CLS tokens")
     parser.add_argument("--model-kwargs", default=None,
                         help="JSON of extra model arguments (e.g. a smaller test model)")
     parser.set_defaults(run=run_train_teacher)

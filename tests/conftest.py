@@ -136,3 +136,21 @@ def model_dirs(tmp_path_factory, tiny_models) -> dict[str, Path]:
     """The tiny models saved as weights folders, as `load_model` expects them."""
     root = tmp_path_factory.mktemp("weights")
     return {name: save_model(model, root / name) for name, model in tiny_models.items()}
+
+
+@pytest.fixture(scope="session")
+def crop_folder(tmp_path_factory) -> Path:
+    """real/ and fake/ 224x224 crops: the same face, the "fakes" with a blurred, tinted centre."""
+    root = tmp_path_factory.mktemp("crops")
+    photo = cv2.imread(str(ASTRONAUT))
+    rng = np.random.default_rng(0)
+    for label in ("real", "fake"):
+        (root / label).mkdir()
+        for i in range(24):
+            x, y, side = 170 + rng.integers(-10, 10), 50 + rng.integers(-10, 10), 110
+            crop = cv2.resize(photo[y:y + side, x:x + side], (224, 224))
+            if label == "fake":
+                centre = crop[56:168, 56:168]
+                crop[56:168, 56:168] = cv2.GaussianBlur(centre, (9, 9), 4) // 2 + 60
+            cv2.imwrite(str(root / label / f"{label}{i:02d}.jpg"), crop)
+    return root

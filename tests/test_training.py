@@ -13,28 +13,11 @@ from deepfake_kd.data import Augment, load_crops, read_samples
 from deepfake_kd.distill import distillation_loss
 from deepfake_kd.evaluate import binary_metrics, roc_auc
 from deepfake_kd.models import StudentCNN, load_model
-from deepfake_kd.train import FitConfig, fit, hard_loss, schedule
+from deepfake_kd.train import CropFeed, FitConfig, fit, hard_loss, schedule
 
 ASTRONAUT = Path(__file__).parent / "data" / "astronaut.png"
 TINY_STUDENT = {"widths": [4, 8], "image_size": 32}
-
-
-@pytest.fixture(scope="module")
-def crop_folder(tmp_path_factory) -> Path:
-    """real/ and fake/ 224x224 crops: the same face, the "fakes" with a blurred, tinted centre."""
-    root = tmp_path_factory.mktemp("crops")
-    photo = cv2.imread(str(ASTRONAUT))
-    rng = np.random.default_rng(0)
-    for label in ("real", "fake"):
-        (root / label).mkdir()
-        for i in range(24):
-            x, y, side = 170 + rng.integers(-10, 10), 50 + rng.integers(-10, 10), 110
-            crop = cv2.resize(photo[y:y + side, x:x + side], (224, 224))
-            if label == "fake":
-                centre = crop[56:168, 56:168]
-                crop[56:168, 56:168] = cv2.GaussianBlur(centre, (9, 9), 4) // 2 + 60
-            cv2.imwrite(str(root / label / f"{label}{i:02d}.jpg"), crop)
-    return root
+TINY_EFFICIENTNET = {"num_stages": 2, "trunk_channels": 24, "head_channels": 8, "image_size": 32}
 
 
 # ------------------------------------------------------------------ distillation loss
@@ -148,10 +131,10 @@ def test_a_few_steps_lower_the_loss(crop_folder, tmp_path):
         return hard_loss(logits, {"label": torch.tensor(labels).float()}).mean().item()
 
     before = loss_now()
-    fit(model, train_crops=crops, train_targets={"label": labels}, val_crops=crops,
-        val_labels=labels, out_dir=tmp_path, progress=False, log=lambda m: None,
-        config=FitConfig(batch_size=16, lr=1e-2, epochs=6, augment=Augment(flip=0.0, jpeg=0.0,
-                                                                             noise=0.0)))
+    fit(model, train=CropFeed(crops, augment=Augment(flip=0.0, jpeg=0.0, noise=0.0)),
+        train_targets={"label": labels}, val=CropFeed(crops), val_labels=labels,
+        out_dir=tmp_path, progress=False, log=lambda m: None,
+        config=FitConfig(batch_size=16, lr=1e-2, epochs=6))
     assert loss_now() < before
     best = load_model(str(tmp_path / "best"))
     assert isinstance(best, StudentCNN)
@@ -161,8 +144,9 @@ def test_a_few_steps_lower_the_loss(crop_folder, tmp_path):
 def test_training_resumes_from_its_checkpoint(crop_folder, tmp_path):
     crops, labels = training_data(crop_folder)
     messages = []
-    common = dict(train_crops=crops, train_targets={"label": labels}, val_crops=crops,
-                  val_labels=labels, out_dir=tmp_path, progress=False, log=messages.append)
+    common = dict(train=CropFeed(crops, augment=Augment()), train_targets={"label": labels},
+                  val=CropFeed(crops), val_labels=labels, out_dir=tmp_path, progress=False,
+                  log=messages.append)
     first = fit(StudentCNN(**TINY_STUDENT), config=FitConfig(batch_size=16, epochs=1), **common)
     assert first.step == 3
     second = fit(StudentCNN(**TINY_STUDENT), config=FitConfig(batch_size=16, epochs=2), **common)
@@ -186,7 +170,7 @@ def test_train_teacher_and_distill_commands_end_to_end(crop_folder, tmp_path):
         out = tmp_path / f"student-{alpha}"
         assert main(["distill", *common, "--teacher", str(tmp_path / "teacher" / "best"),
                      "--out", str(out), "--alpha", alpha, "--temperature", "3",
-                     "--model-kwargs", json.dumps(TINY_STUDENT)]) == 0
+                     "--model-kwargs", json.dumps(TINY_EFFICIENTNET)]) == 0
         result = json.loads((out / "result.json").read_text())
         assert result["alpha"] == float(alpha) and 0.0 <= result["val"]["auc"] <= 1.0
     assert len(list((tmp_path / "cache").glob("teacher-logits-*.npy"))) == 1

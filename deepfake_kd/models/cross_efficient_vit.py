@@ -239,6 +239,10 @@ class CrossEfficientViT(FaceClassifier, **hub_mixin_kwargs("cross-efficient-vit"
             nn.init.zeros_(head[-1].weight)
             nn.init.zeros_(head[-1].bias)
 
+    def trunks(self) -> tuple[EfficientNetTrunk, ...]:
+        """The backbones whose maps `forward_from_features` takes, in its argument order."""
+        return self.sm_embedder.trunk, self.lg_embedder.trunk
+
     def forward_from_features(self, sm_map: torch.Tensor, lg_map: torch.Tensor) -> torch.Tensor:
         """Logits from the two backbone maps; lets training run frozen backbone parts once."""
         sm, lg = self.encoder(self.sm_embedder.tokens(sm_map), self.lg_embedder.tokens(lg_map))

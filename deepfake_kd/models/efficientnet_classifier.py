@@ -31,6 +31,13 @@ class EfficientNetClassifier(FaceClassifier, **hub_mixin_kwargs("efficientnet-cl
         nn.init.zeros_(self.head[-1].weight)  # start at p=0.5: a random head starts at loss ~2.5
         nn.init.zeros_(self.head[-1].bias)
 
+    def trunks(self) -> tuple[EfficientNetTrunk, ...]:
+        """The backbones whose maps `forward_from_features` takes, in its argument order."""
+        return (self.trunk,)
+
+    def forward_from_features(self, fmap: torch.Tensor) -> torch.Tensor:
+        return self.head(fmap).squeeze(-1)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
-        return self.head(self.trunk(x)).squeeze(-1)
+        return self.forward_from_features(self.trunk(x))

@@ -20,9 +20,11 @@ from .base import FaceClassifier
 from .cross_efficient_vit import CrossEfficientViT
 from .efficientnet_classifier import EfficientNetClassifier
 from .student import StudentCNN
+from .tiny_efficientnet import TinyEfficientNet
 
 MODEL_CLASSES: dict[str, type[FaceClassifier]] = {
-    cls.__name__: cls for cls in (CrossEfficientViT, StudentCNN, EfficientNetClassifier)
+    cls.__name__: cls
+    for cls in (CrossEfficientViT, StudentCNN, TinyEfficientNet, EfficientNetClassifier)
 }
 WEIGHTS_DIR = Path(__file__).resolve().parents[2] / "weights"
 DEFAULT_REFERENCES = {"teacher": WEIGHTS_DIR / "teacher", "student": WEIGHTS_DIR / "student"}
