@@ -26,7 +26,8 @@ import torch
 from .errors import DeepfakeKDError, ModelNotFoundError
 from .faces import Box, Face, FaceDetector
 from .limits import Limits
-from .models import CrossEfficientViT, FaceClassifier, StudentCNN, default_reference, load_model
+from .models import (CrossEfficientViT, FaceClassifier, TinyEfficientNet, default_reference,
+                     load_model)
 from .models.hub import DEFAULT_REFERENCES, MODEL_CLASSES
 from .video import SampledVideo, sample_frames
 
@@ -265,7 +266,7 @@ def model_result(name: str, model: FaceClassifier, *, probs: list[float], track_
 # --- command line ---------------------------------------------------------------------------
 
 MODEL_ROLES: dict[str, type[FaceClassifier]] = {"teacher": CrossEfficientViT,
-                                                "student": StudentCNN}
+                                                "student": TinyEfficientNet}
 
 
 def add_cli(subparsers) -> None:

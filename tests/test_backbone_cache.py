@@ -3,12 +3,12 @@
 import json
 
 import numpy as np
+import pytest
 import torch
 
 from deepfake_kd.backbone_cache import cached_trunk_maps, is_prefix_of, trunk_maps
 from deepfake_kd.cli import main
 from deepfake_kd.models import CrossEfficientViT, EfficientNetClassifier, load_model, save_model
-from deepfake_kd.train import MapFeed
 from tests.test_models import TINY_TEACHER
 
 
@@ -55,19 +55,12 @@ def test_cached_maps_are_computed_once_and_shared_by_models_with_the_same_trunk(
     assert np.array_equal(again, maps[0])
 
 
-def test_map_feed_flips_only_when_training():
-    maps = [np.arange(2 * 1 * 2 * 3, dtype=np.float16).reshape(2, 1, 2, 3)]
+def test_freeze_names_an_unknown_prefix(tmp_path, crop_folder):
+    from deepfake_kd.errors import DeepfakeKDError
+    from deepfake_kd.train import freeze_prefixes
 
-    class Echo(torch.nn.Module):
-        def forward_from_features(self, fmap):
-            return fmap
-
-    feed = MapFeed(maps, flip=1.0)
-    index = torch.arange(2)
-    plain = feed.logits(Echo(), index)
-    flipped = feed.logits(Echo(), index, torch.Generator().manual_seed(0))
-    assert torch.equal(plain, torch.from_numpy(maps[0]).float())
-    assert torch.equal(flipped, plain.flip(-1))
+    with pytest.raises(DeepfakeKDError, match="no parameter .* starts with encoder.nothing"):
+        freeze_prefixes(teacher_with_shared_prefix(), ["encoder.nothing"])
 
 
 def test_train_teacher_on_frozen_trunks_changes_only_the_transformer(tmp_path, crop_folder):
@@ -77,11 +70,12 @@ def test_train_teacher_on_frozen_trunks_changes_only_the_transformer(tmp_path, c
     assert main(["train-teacher", "--manifest", str(crop_folder), "--cache-dir",
                  str(tmp_path / "cache"), "--out", str(out), "--batch-size", "8", "--epochs",
                  "1", "--lr", "1e-2", "--from-model", str(tmp_path / "start"),
-                 "--freeze-trunks", "--freeze-embeddings"]) == 0
+                 "--freeze", "sm_embedder", "lg_embedder", "encoder.layers.0.0"]) == 0
     saved = torch.load(out / "checkpoint.pt", weights_only=True)["model"]
     before = start.state_dict()
     changed = {k for k in before if not torch.equal(before[k], saved[k])}
     assert changed, "nothing trained"
     assert all(k.startswith(("encoder.", "sm_head.", "lg_head.")) for k in changed), changed
+    assert not any(k.startswith("encoder.layers.0.0") for k in changed), changed
     assert json.loads((out / "history.json").read_text())[-1]["step"] > 0
     assert isinstance(load_model(str(out / "best")), CrossEfficientViT)

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from deepfake_kd.errors import ModelNotFoundError, WeightsError
-from deepfake_kd.models import (CrossEfficientViT, EfficientNetClassifier, StudentCNN, load_model,
-                                save_model, weights_folder)
+from deepfake_kd.models import (CrossEfficientViT, EfficientNetClassifier, StudentCNN,
+                                TinyEfficientNet, load_model, save_model, weights_folder)
 from deepfake_kd.models.hub import default_reference, split_reference
 
 TINY_TEACHER = dict(image_size=64, sm_patch_size=2, lg_patch_size=16, depth=1, sm_dim=16,
@@ -31,8 +31,9 @@ def test_paper_teacher_parameter_count(paper_teacher):
     assert 93_000_000 < paper_teacher.num_parameters() < 96_000_000
 
 
-def test_student_is_at_most_half_a_percent_of_the_teacher(paper_teacher):
-    ratio = StudentCNN().num_parameters() / paper_teacher.num_parameters()
+@pytest.mark.parametrize("student", [TinyEfficientNet, StudentCNN])
+def test_student_is_at_most_half_a_percent_of_the_teacher(paper_teacher, student):
+    ratio = student().num_parameters() / paper_teacher.num_parameters()
     assert ratio <= 0.005
 
 
@@ -44,9 +45,10 @@ def test_teacher_branches_have_the_paper_shapes(paper_teacher):
         assert paper_teacher(x).shape == (2,)
 
 
-@pytest.mark.parametrize("model", [StudentCNN(), CrossEfficientViT(**TINY_TEACHER),
+@pytest.mark.parametrize("model", [TinyEfficientNet(), StudentCNN(),
+                                   CrossEfficientViT(**TINY_TEACHER),
                                    EfficientNetClassifier(image_size=64)],
-                         ids=["student", "tiny-teacher", "baseline"])
+                         ids=["student", "plain-cnn", "tiny-teacher", "baseline"])
 def test_one_interface(model):
     model.eval()
     crops = np.random.default_rng(0).integers(0, 255, (3, 224, 224, 3), dtype=np.uint8)
@@ -69,9 +71,10 @@ def test_preprocess_reads_size_and_normalisation_from_the_config():
     assert torch.allclose(x, torch.ones_like(x))
 
 
-@pytest.mark.parametrize("make", [lambda: StudentCNN(widths=(4, 8, 16)),
+@pytest.mark.parametrize("make", [lambda: TinyEfficientNet(image_size=64),
+                                  lambda: StudentCNN(widths=(4, 8, 16)),
                                   lambda: CrossEfficientViT(**TINY_TEACHER)],
-                         ids=["student", "teacher"])
+                         ids=["student", "plain-cnn", "teacher"])
 def test_save_load_round_trip_gives_identical_outputs(make, tmp_path):
     torch.manual_seed(0)
     model = make().eval()

@@ -1,9 +1,7 @@
 """Training, distillation and metrics, on tiny models and crops the tests make themselves."""
 
 import json
-from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 import torch
@@ -15,7 +13,6 @@ from deepfake_kd.evaluate import binary_metrics, roc_auc
 from deepfake_kd.models import StudentCNN, load_model
 from deepfake_kd.train import CropFeed, FitConfig, fit, hard_loss, schedule
 
-ASTRONAUT = Path(__file__).parent / "data" / "astronaut.png"
 TINY_STUDENT = {"widths": [4, 8], "image_size": 32}
 TINY_EFFICIENTNET = {"num_stages": 2, "trunk_channels": 24, "head_channels": 8, "image_size": 32}
 
