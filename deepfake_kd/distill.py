@@ -82,7 +82,8 @@ def cached_teacher_logits(teacher_ref: str, teacher: FaceClassifier, crops: np.n
         return np.load(path)
     logits = teacher_logits(teacher, crops, cache_dir=cache_dir, bf16=bf16)
     path.parent.mkdir(parents=True, exist_ok=True)
-    np.save(path, logits)
+    np.save(path.with_suffix(".tmp.npy"), logits)
+    path.with_suffix(".tmp.npy").replace(path)  # a concurrent run never reads half a file
     return logits
 
 

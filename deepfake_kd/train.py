@@ -27,7 +27,7 @@ from .evaluate import binary_metrics
 from .errors import DeepfakeKDError
 from .models import (CrossEfficientViT, EfficientNetClassifier, FaceClassifier, load_model,
                      save_model)
-from .models.cross_efficient_vit import EfficientNetTrunk
+from .models.cross_efficient_vit import EfficientNetTrunk, ImageEmbedder
 
 ARCHITECTURES: dict[str, type[FaceClassifier]] = {
     "cross-efficient-vit": CrossEfficientViT,
@@ -116,6 +116,31 @@ def freeze_prefixes(model: torch.nn.Module, prefixes: list[str]) -> list[torch.n
 def trunks_frozen(model: torch.nn.Module) -> bool:
     trunks = [m for m in model.modules() if isinstance(m, EfficientNetTrunk)]
     return bool(trunks) and not any(p.requires_grad for t in trunks for p in t.parameters())
+
+
+@torch.no_grad()
+def init_embedding_as_pooled_pca(embedder: ImageEmbedder, maps: np.ndarray, *,
+                                 batch_size: int = 512) -> float:
+    """Start a one-patch embedding (the small branch's whole 1280x7x7 map) as average pooling
+    followed by the leading principal directions of the pooled training maps, scaled to unit
+    variance per token dimension on average. Why: a random 62,720 -> 192 projection keeps little
+    of what a linear probe on pooled features uses (measured on the released v1 teacher's trunk:
+    the teacher reached val AUC 0.859, the pooled linear probe 0.866). Returns the share of the
+    pooled features' variance the token keeps."""
+    size = embedder.map_size
+    assert embedder.patch_size == size, "pooling init needs the whole map as one patch"
+    pooled = np.concatenate([np.asarray(maps[s:s + batch_size], dtype=np.float32).mean((2, 3))
+                             for s in range(0, len(maps), batch_size)])
+    mean = pooled.mean(0)
+    eigenvalues, vectors = np.linalg.eigh(np.cov(pooled - mean, rowvar=False))
+    dim = embedder.to_patch_embedding.out_features
+    top = np.argsort(eigenvalues)[::-1][:dim]
+    projection = vectors[:, top].T / np.sqrt(eigenvalues[top].mean())  # [dim, c]
+    # patch layout (p1 p2 c): every position shares the projection, divided by the positions
+    weight = np.tile(projection, (1, size * size)) / (size * size)
+    embedder.to_patch_embedding.weight.copy_(torch.from_numpy(weight))
+    embedder.to_patch_embedding.bias.copy_(torch.from_numpy(-projection @ mean))
+    return float(eigenvalues[top].sum() / eigenvalues.sum())
 
 
 # ---------------------------------------------------------------- the loop
@@ -405,6 +430,9 @@ def run_train_teacher(args: argparse.Namespace) -> int:
             torch.set_num_threads(args.threads)
         train = MapFeed(cached_trunk_maps(model, train_crops, cache_dir=args.cache_dir))
         val = MapFeed(cached_trunk_maps(model, val_crops, cache_dir=args.cache_dir))
+        if args.pooled_embedding_init:
+            kept = init_embedding_as_pooled_pca(model.sm_embedder, train.maps[0])
+            log(f"small patch embedding = pooling + PCA ({kept:.1%} of the pooled variance)")
     else:
         train, val = CropFeed(train_crops, augment=Augment()), CropFeed(val_crops)
     state = fit(model, train=train, train_targets={"label": train_labels}, val=val,
@@ -434,6 +462,9 @@ def add_cli(subparsers) -> None:
                              "sm_embedder lg_embedder encoder.layers.0.0). With every backbone "
                              "frozen, their maps are computed once (cached in --cache-dir) and "
                              "training runs on them")
+    parser.add_argument("--pooled-embedding-init", action="store_true",
+                        help="with frozen backbones: start the teacher's small patch embedding as "
+                             "average pooling + the pooled maps' principal directions")
     parser.add_argument("--model-kwargs", default=None,
                         help="JSON of extra model arguments (e.g. a smaller test model)")
     parser.set_defaults(run=run_train_teacher)

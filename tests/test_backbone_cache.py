@@ -79,3 +79,24 @@ def test_train_teacher_on_frozen_trunks_changes_only_the_transformer(tmp_path, c
     assert not any(k.startswith("encoder.layers.0.0") for k in changed), changed
     assert json.loads((out / "history.json").read_text())[-1]["step"] > 0
     assert isinstance(load_model(str(out / "best")), CrossEfficientViT)
+
+
+def test_pooled_pca_embedding_sees_only_the_pooled_map():
+    from deepfake_kd.train import init_embedding_as_pooled_pca
+
+    teacher = teacher_with_shared_prefix()
+    embedder = teacher.sm_embedder
+    maps = np.random.default_rng(0).gamma(1.0, size=(40, 1280, 2, 2)).astype(np.float16)
+    kept = init_embedding_as_pooled_pca(embedder, maps, batch_size=16)
+    assert 0.0 < kept <= 1.0
+    x = torch.from_numpy(maps.astype(np.float32))
+
+    def tokens(fmap):
+        with torch.no_grad():
+            return embedder.to_patch_embedding(fmap.permute(0, 2, 3, 1).reshape(len(fmap), -1))
+
+    shuffled = x.flatten(2)[:, :, torch.tensor([3, 1, 0, 2])].reshape(x.shape)
+    assert torch.allclose(tokens(x), tokens(shuffled), atol=1e-4)  # where evidence sits: pooled
+    assert tokens(x).mean(0).abs().max() < 1e-3  # centred on the maps it was fitted to
+    top = tokens(x)[:, 0].var() / tokens(x)[:, -1].var()
+    assert top > 1  # leading principal direction first
