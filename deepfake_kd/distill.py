@@ -145,10 +145,12 @@ def run_distill(args: argparse.Namespace) -> int:
 def add_cli(subparsers) -> None:
     parser = subparsers.add_parser("distill", help="distil the student from a trained teacher")
     parser.add_argument("--teacher", default="weights/teacher", help="teacher folder or Hub id")
-    add_fit_arguments(parser, lr=3e-3, batch_size=128)
+    add_fit_arguments(parser, lr=1e-3, batch_size=128)
     parser.add_argument("--alpha", type=float, default=0.5,
                         help="weight of the hard-label loss (1.0: no teacher, the ablation)")
-    parser.add_argument("--temperature", type=float, default=4.0)
+    parser.add_argument("--temperature", type=float, default=2.0,
+                        help="softening of both logits (default 2: val AUC 0.868 vs 0.866 at 4 "
+                             "in this project's sweep, 0.703 vs 0.690 in the previous one)")
     parser.add_argument("--arch", choices=sorted(STUDENTS), default="tiny-efficientnet")
     parser.add_argument("--init", choices=["imagenet-lite0", "none"], default="imagenet-lite0",
                         help="backbone initialisation of a tiny-efficientnet student")
