@@ -14,7 +14,7 @@ from deepfake_kd.models import StudentCNN, load_model
 from deepfake_kd.train import CropFeed, FitConfig, fit, hard_loss, schedule
 
 TINY_STUDENT = {"widths": [4, 8], "image_size": 32}
-TINY_EFFICIENTNET = {"num_stages": 2, "trunk_channels": 24, "head_channels": 8, "image_size": 32}
+TINY_EFFICIENTNET = {"num_stages": 2, "head_channels": 8, "image_size": 32}
 
 
 # ------------------------------------------------------------------ distillation loss

@@ -153,6 +153,11 @@ class EfficientNetTrunk(nn.Module):
         self.conv_head = net.conv_head if full else nn.Identity()
         self.bn2 = net.bn2 if full else nn.Identity()
 
+    @property
+    def out_channels(self) -> int:
+        """Channels of the map forward returns: those of the last convolution."""
+        return [m for m in self.modules() if isinstance(m, nn.Conv2d)][-1].out_channels
+
     def forward(self, x):
         return self.bn2(self.conv_head(self.blocks(self.bn1(self.conv_stem(x)))))
 

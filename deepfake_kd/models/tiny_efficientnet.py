@@ -21,7 +21,6 @@ class TinyEfficientNet(FaceClassifier, **hub_mixin_kwargs("tiny-efficientnet")):
         *,
         backbone: str = "efficientnet_lite0",
         num_stages: int = 4,
-        trunk_channels: int = 80,
         head_channels: int = 256,
         image_size: int = 112,
         dropout: float = 0.2,
@@ -31,7 +30,7 @@ class TinyEfficientNet(FaceClassifier, **hub_mixin_kwargs("tiny-efficientnet")):
         super().__init__(input_size=image_size, mean=mean, std=std)
         self.trunk = EfficientNetTrunk(backbone=backbone, num_stages=num_stages)
         self.head = nn.Sequential(
-            nn.Conv2d(trunk_channels, head_channels, 1, bias=False),
+            nn.Conv2d(self.trunk.out_channels, head_channels, 1, bias=False),
             nn.BatchNorm2d(head_channels), nn.ReLU6(inplace=True),
             nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout),
             nn.Linear(head_channels, 1))
@@ -40,7 +39,4 @@ class TinyEfficientNet(FaceClassifier, **hub_mixin_kwargs("tiny-efficientnet")):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
-        fmap = self.trunk(x)
-        assert fmap.shape[1] == self.head[0].in_channels, (
-            f"trunk gives {fmap.shape[1]} channels; set trunk_channels to match")
-        return self.head(fmap).squeeze(-1)
+        return self.head(self.trunk(x)).squeeze(-1)
