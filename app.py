@@ -1,8 +1,9 @@
 """The web app: upload a clip, see the teacher and the student side by side.
 
-Layout and wiring only; what a request does lives in `deepfake_kd.app_logic`, the figures in
-`deepfake_kd.plots`. `python app.py` serves it on http://127.0.0.1:7860 (a Hugging Face Space
-sets GRADIO_SERVER_NAME itself). Models load once, here, at start-up; see README "Using the app".
+Layout and wiring only; what a request does lives in `deepfake_kd.serving` (handler, loading,
+texts), the figures in `deepfake_kd.serving.plots`. `python app.py` serves it on
+http://127.0.0.1:7860 (a Hugging Face Space sets GRADIO_SERVER_NAME itself). Models load once,
+here, at start-up; see README "Using the app".
 """
 
 from __future__ import annotations
@@ -12,12 +13,14 @@ import os
 
 import gradio as gr
 
-from deepfake_kd.app_logic import (Analyzer, AppModels, banner_markdown, load_app_models,
-                                   refuse_links)
 from deepfake_kd.errors import DeepfakeKDError
-from deepfake_kd.examples import example_clips
-from deepfake_kd.faces import FaceDetector
 from deepfake_kd.limits import AppLimits
+from deepfake_kd.pipeline.faces import FaceDetector
+from deepfake_kd.roles import DEFAULT_THRESHOLD, ROLES
+from deepfake_kd.serving.examples import example_clips
+from deepfake_kd.serving.handler import Analyzer, refuse_links
+from deepfake_kd.serving.loading import AppModels, load_app_models
+from deepfake_kd.serving.texts import banner_markdown
 
 TITLE = "deepfake-kd: a teacher and its distilled student"
 INTRO = (
@@ -59,19 +62,22 @@ def build_demo(app_models: AppModels, *, detector: FaceDetector | None = None,
                 frames = gr.Slider(1, limits.analysis.max_frames, value=limits.default_frames,
                                    step=1, label="Frames to sample",
                                    info="spread evenly over the clip")
-                threshold = gr.Slider(0.0, 1.0, value=0.55, step=0.01, label="Threshold",
+                threshold = gr.Slider(0.0, 1.0, value=DEFAULT_THRESHOLD, step=0.01,
+                                      label="Threshold",
                                       info="FAKE when a person's mean p(fake) exceeds it")
                 button = gr.Button("Analyze", variant="primary", elem_id="analyze")
                 if clips:
-                    gr.Examples([[str(clip), limits.default_frames, 0.55] for clip in clips],
+                    gr.Examples([[str(clip), limits.default_frames, DEFAULT_THRESHOLD]
+                                 for clip in clips],
                                 inputs=[video, frames, threshold], cache_examples=False,
                                 label="Examples (made from a public-domain NASA photo)")
             with gr.Column(scale=3, min_width=400):
                 summary = gr.Markdown("Upload a clip and press **Analyze**.", elem_id="summary")
                 with gr.Row(equal_height=True):
-                    panels = [gr.Markdown(analyzer.idle_panel(role), elem_id=f"panel-{role}",
-                                          elem_classes=["model-panel"])
-                              for role in ("teacher", "student")]
+                    panels = {f"panel_{role}": gr.Markdown(analyzer.idle_panel(role),
+                                                           elem_id=f"panel-{role}",
+                                                           elem_classes=["model-panel"])
+                              for role in ROLES}
                 cost = gr.Plot(label="Parameters and inference time", elem_id="cost-chart")
         probability = gr.Plot(label="Fake probability per frame", show_label=False,
                               elem_id="probability-chart")
@@ -79,8 +85,10 @@ def build_demo(app_models: AppModels, *, detector: FaceDetector | None = None,
                              columns=6, height="auto", object_fit="contain",
                              elem_id="crops")
         result_file = gr.File(label="Full result (JSON)", elem_id="result-json")
+        outputs = {"summary": summary, **panels, "probability": probability, "cost": cost,
+                   "gallery": gallery, "json": result_file}
         button.click(analyzer.handle, inputs=[video, frames, threshold],
-                     outputs=[summary, *panels, probability, cost, gallery, result_file],
+                     outputs=[outputs[name] for name in Analyzer.OUTPUTS],
                      api_name="analyze", concurrency_limit=limits.concurrency)
     demo.queue(max_size=limits.max_queue, default_concurrency_limit=limits.concurrency)
     return demo

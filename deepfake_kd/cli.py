@@ -1,31 +1,23 @@
-"""`python -m deepfake_kd <command>`: each command lives beside the code it runs (`add_cli`)."""
+"""`python -m deepfake_kd <command>` (also installed as `deepfake-kd`): each command lives in a
+module of `tools` that registers it (`add_cli`)."""
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 
 from .errors import DeepfakeKDError
+from .tools import analyze, bench, evaluate, loadtest, prepare_dfdc, publish, train
 
-# Modules that register a subcommand, in the order of the pipeline.
-COMMAND_MODULES = ["data", "train", "distill", "evaluate", "analysis", "bench", "publish",
-                   "loadtest"]
-
-
-def positive_int(text: str) -> int:
-    """argparse type for counts (frames, repeats, threads, limits)."""
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
-    return value
+# Modules that register commands, in the order of the pipeline.
+COMMAND_MODULES = [prepare_dfdc, train, evaluate, analyze, bench, publish, loadtest]
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m deepfake_kd", description=__doc__)
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name in COMMAND_MODULES:
-        importlib.import_module(f"deepfake_kd.{name}").add_cli(subparsers)
+    for module in COMMAND_MODULES:
+        module.add_cli(subparsers)
     return parser
 
 

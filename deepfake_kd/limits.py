@@ -81,7 +81,7 @@ class AppLimits:
         return max(1, min(600, self.cache_ttl_s // 6))
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> "AppLimits":
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> AppLimits:
         """The defaults, with any limit that a variable of `ENV_APP_LIMITS` sets; a value that
         is not a positive number stops the start-up with a message naming the variable."""
         environ = os.environ if environ is None else environ

@@ -12,10 +12,11 @@ import cv2
 import numpy as np
 import pytest
 
-from deepfake_kd.faces import FaceDetector
 from deepfake_kd.models import CrossEfficientViT, StudentCNN, save_model
+from deepfake_kd.pipeline.faces import FaceDetector
+from deepfake_kd.serving.examples import PHOTO
 
-ASTRONAUT = Path(__file__).parent / "data" / "astronaut.png"
+ASTRONAUT = PHOTO  # the app's example photo (public domain)
 FACE_CENTRE = (224, 117)  # of the face MTCNN finds in astronaut.png (box 181,62 - 268,172)
 
 

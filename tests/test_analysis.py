@@ -9,11 +9,17 @@ import numpy as np
 import pytest
 import torch
 
-from deepfake_kd.analysis import (FAKE, NO_FACE, REAL, analyze_video, model_result,
-                                  summarize_tracks)
 from deepfake_kd.errors import VideoError
-from deepfake_kd.faces import Face
 from deepfake_kd.models import FaceClassifier
+from deepfake_kd.pipeline.analysis import (
+    FAKE,
+    NO_FACE,
+    REAL,
+    analyze_video,
+    model_result,
+    summarize_tracks,
+)
+from deepfake_kd.pipeline.faces import Face
 
 
 class ConstantModel(FaceClassifier):
@@ -100,7 +106,8 @@ def test_verdict_rule_any_counted_track_over_threshold():
 
 
 def test_brief_tracks_are_not_counted():
-    face = lambda track: Face(box=(0, 0, 1, 1), prob=1.0, track_id=track, crop=None)
+    face = lambda track: Face(  # noqa: E731
+        box=(0, 0, 1, 1), prob=1.0, track_id=track, crop=None)
     faces = [(i, face(0)) for i in range(10)] + [(3, face(1)), (4, face(2)), (5, face(2))]
     tracks = summarize_tracks(faces, timestamps=[i / 10 for i in range(10)], min_share=0.2)
     assert [(t.track_id, t.num_faces, t.counted) for t in tracks] == [

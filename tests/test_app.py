@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import gradio as gr
@@ -17,13 +18,14 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
 import app
-from deepfake_kd.analysis import FAKE, NO_FACE, REAL, UNTRAINED
-from deepfake_kd.app_logic import (ROLES, Analyzer, AppModels, banner_markdown, load_app_models,
-                                   panel_markdown, times)
-from deepfake_kd.examples import example_clips
 from deepfake_kd.limits import AppLimits, Limits
 from deepfake_kd.models import CrossEfficientViT, StudentCNN
-from deepfake_kd.models.hub import DEFAULT_REFERENCES, ENV_REFERENCES
+from deepfake_kd.pipeline.analysis import FAKE, NO_FACE, REAL
+from deepfake_kd.roles import ROLES, UNTRAINED
+from deepfake_kd.serving.examples import example_clips
+from deepfake_kd.serving.handler import Analyzer
+from deepfake_kd.serving.loading import AppModels, load_app_models
+from deepfake_kd.serving.texts import banner_markdown, panel_markdown, times
 
 # gradio's queue calls pandas options that pandas 3 deprecates: not this project's to fix
 pytestmark = [pytest.mark.filterwarnings("ignore:.*no_silent_downcasting"),
@@ -220,8 +222,8 @@ def test_every_bad_input_is_a_message_and_the_next_request_works(
 def no_weights(monkeypatch, tmp_path):
     """As on a fresh clone before training: no bundled weights, no environment variables."""
     for role in ROLES:
-        monkeypatch.setitem(DEFAULT_REFERENCES, role, tmp_path / "weights" / role)
-        monkeypatch.delenv(ENV_REFERENCES[role], raising=False)
+        monkeypatch.setitem(ROLES, role, replace(ROLES[role], default=tmp_path / "weights" / role))
+        monkeypatch.delenv(ROLES[role].env, raising=False)
     monkeypatch.delenv("DEEPFAKE_KD_UNTRAINED", raising=False)
 
 
@@ -259,7 +261,7 @@ def test_untrained_flag_stands_in_random_weights_loudly(no_weights, monkeypatch,
 
 def test_references_come_from_the_environment(no_weights, monkeypatch, model_dirs):
     for role in ROLES:
-        monkeypatch.setenv(ENV_REFERENCES[role], str(model_dirs[role]))
+        monkeypatch.setenv(ROLES[role].env, str(model_dirs[role]))
     loaded = load_app_models()
     assert loaded.ready and loaded.problems == {} and banner_markdown(loaded) == ""
     assert isinstance(loaded.models["student"], StudentCNN)

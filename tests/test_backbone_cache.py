@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from deepfake_kd.backbone_cache import cached_trunk_maps, is_prefix_of, trunk_maps
 from deepfake_kd.cli import main
 from deepfake_kd.models import CrossEfficientViT, EfficientNetClassifier, load_model, save_model
+from deepfake_kd.training.backbone_cache import cached_trunk_maps, is_prefix_of, trunk_maps
 from tests.test_models import TINY_TEACHER
 
 
@@ -57,7 +57,7 @@ def test_cached_maps_are_computed_once_and_shared_by_models_with_the_same_trunk(
 
 def test_freeze_names_an_unknown_prefix(tmp_path, crop_folder):
     from deepfake_kd.errors import DeepfakeKDError
-    from deepfake_kd.train import freeze_prefixes
+    from deepfake_kd.training.train import freeze_prefixes
 
     with pytest.raises(DeepfakeKDError, match="no parameter .* starts with encoder.nothing"):
         freeze_prefixes(teacher_with_shared_prefix(), ["encoder.nothing"])
@@ -82,7 +82,7 @@ def test_train_teacher_on_frozen_trunks_changes_only_the_transformer(tmp_path, c
 
 
 def test_pooled_pca_embedding_sees_only_the_pooled_map():
-    from deepfake_kd.train import init_embedding_as_pooled_pca
+    from deepfake_kd.training.train import init_embedding_as_pooled_pca
 
     teacher = teacher_with_shared_prefix()
     embedder = teacher.sm_embedder

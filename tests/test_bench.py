@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 
 import pytest
 
-from deepfake_kd.bench import batch_sizes_arg, make_bench_clip
 from deepfake_kd.cli import main
-from deepfake_kd.video import sample_frames
+from deepfake_kd.pipeline.video import sample_frames
+from deepfake_kd.tools.bench import batch_sizes_arg, make_bench_clip
 
 
 def test_bench_writes_every_figure(face_clip, model_dirs, tmp_path, capsys):
@@ -78,6 +79,6 @@ def test_made_clip_has_a_moving_face(tmp_path, detector):
 
 @pytest.mark.parametrize("text", ["", "0", "1,x", "-1"])
 def test_bad_batch_sizes_refused(text):
-    with pytest.raises(Exception):
+    with pytest.raises(argparse.ArgumentTypeError):
         batch_sizes_arg(text)
     assert batch_sizes_arg("1, 32") == [1, 32]

@@ -6,10 +6,11 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from deepfake_kd.cli import main
-from deepfake_kd.models import hub
+from deepfake_kd.roles import ROLES
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -56,8 +57,8 @@ def test_untrained_warns_loudly(portrait_clip, model_dirs, capsys):
 
 def test_missing_default_weights_say_what_to_do(face_clip, tmp_path, monkeypatch, capsys):
     for role in ("teacher", "student"):
-        monkeypatch.setitem(hub.DEFAULT_REFERENCES, role, tmp_path / role)
-        monkeypatch.delenv(hub.ENV_REFERENCES[role], raising=False)
+        monkeypatch.setitem(ROLES, role, replace(ROLES[role], default=tmp_path / role))
+        monkeypatch.delenv(ROLES[role].env, raising=False)
     assert main(["analyze", str(face_clip)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("error: teacher weights are missing")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from deepfake_kd.faces import CROP_SIZE, FaceDetector, assign_tracks, square_crop
-from deepfake_kd.video import sample_frames
+from deepfake_kd.pipeline.faces import CROP_SIZE, FaceDetector, assign_tracks, square_crop
+from deepfake_kd.pipeline.video import sample_frames
 
 
 def test_faces_found_only_where_the_face_is(face_clip, detector, face_frame_indices):
@@ -90,7 +90,7 @@ def test_fast_mtcnn_matches_facenet(landscape, portrait_clip):
     """detect_face_fast makes facenet-pytorch's decisions: same boxes and probabilities."""
     from facenet_pytorch import MTCNN
 
-    from deepfake_kd.faces import detect_face_fast, to_channels_last
+    from deepfake_kd.pipeline.faces import detect_face_fast, to_channels_last
 
     reference = MTCNN(keep_all=True)
     fast = MTCNN(keep_all=True)
@@ -110,7 +110,7 @@ def test_box_and_frame_resampling_equal_area_interpolation():
     import torch
     from facenet_pytorch.models.utils.detect_face import imresample
 
-    from deepfake_kd.faces import integral_images, resample_boxes, resample_frames
+    from deepfake_kd.pipeline.faces import integral_images, resample_boxes, resample_frames
 
     rng = np.random.default_rng(0)
     frames = rng.integers(0, 256, (2, 37, 53, 3), dtype=np.uint8)

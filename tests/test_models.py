@@ -9,9 +9,17 @@ import pytest
 import torch
 
 from deepfake_kd.errors import ModelNotFoundError, WeightsError
-from deepfake_kd.models import (CrossEfficientViT, EfficientNetClassifier, StudentCNN,
-                                TinyEfficientNet, load_model, save_model, weights_folder)
-from deepfake_kd.models.hub import default_reference, split_reference
+from deepfake_kd.models import (
+    CrossEfficientViT,
+    EfficientNetClassifier,
+    StudentCNN,
+    TinyEfficientNet,
+    load_model,
+    save_model,
+    weights_folder,
+)
+from deepfake_kd.models.weights import split_reference
+from deepfake_kd.roles import default_reference
 
 TINY_TEACHER = dict(image_size=64, sm_patch_size=2, lg_patch_size=16, depth=1, sm_dim=16,
                     lg_dim=16, sm_enc_depth=1, lg_enc_depth=1, sm_enc_mlp_dim=32,
@@ -59,7 +67,7 @@ def test_one_interface(model):
     probs = model.predict_proba(x)
     assert torch.allclose(probs, torch.sigmoid(logits.detach()))
     assert ((probs >= 0) & (probs <= 1)).all()
-    with pytest.raises(AssertionError, match="expects"):
+    with pytest.raises(ValueError, match="expects"):
         model(torch.randn(1, 3, model.input_size + 1, model.input_size + 1))
 
 
@@ -89,7 +97,7 @@ def test_save_load_round_trip_gives_identical_outputs(make, tmp_path):
 
 
 def test_fp16_shards_load_into_fp32(tmp_path, monkeypatch):
-    monkeypatch.setattr("deepfake_kd.models.base.MAX_SHARD_BYTES", 50_000)
+    monkeypatch.setattr("deepfake_kd.models.weights.MAX_SHARD_BYTES", 50_000)
     torch.manual_seed(0)
     model = StudentCNN(widths=(8, 16, 32, 64)).eval()
     save_model(model.half(), tmp_path / "m")
@@ -115,7 +123,7 @@ def test_strict_loading_rejects_a_wrong_checkpoint(tmp_path):
 
 
 def test_a_missing_shard_and_a_corrupt_file_are_named(tmp_path, monkeypatch):
-    monkeypatch.setattr("deepfake_kd.models.base.MAX_SHARD_BYTES", 20_000)
+    monkeypatch.setattr("deepfake_kd.models.weights.MAX_SHARD_BYTES", 20_000)
     save_model(StudentCNN(widths=(8, 16, 32)), tmp_path / "m")
     shards = sorted((tmp_path / "m").glob("model-*.safetensors"))
     shutil.copytree(tmp_path / "m", tmp_path / "corrupt")
@@ -132,6 +140,40 @@ def test_pickle_weights_are_refused(tmp_path):
     torch.save({"x": torch.zeros(1)}, tmp_path / "m" / "pytorch_model.bin")
     with pytest.raises(WeightsError, match="refusing pickle"):
         load_model(str(tmp_path / "m"))
+
+
+def test_a_config_key_the_class_does_not_take_is_named(tmp_path):
+    save_model(StudentCNN(widths=(4, 8)), tmp_path / "m")
+    config_path = tmp_path / "m" / "config.json"
+    config = json.loads(config_path.read_text())
+    config_path.write_text(json.dumps({**config, "width_multiplier": 2}))
+    with pytest.raises(WeightsError, match="StudentCNN takes no key width_multiplier"):
+        load_model(str(tmp_path / "m"))
+
+
+def test_channel_counts_come_from_the_trunk_and_old_configs_still_load(tmp_path):
+    """sm_channels / lg_channels (and the baseline's features) are derived from the trunks;
+    a config of an earlier release that states them loads when they agree, and is refused,
+    naming the key, when they do not."""
+    teacher = CrossEfficientViT(backbone="efficientnet_lite0", **TINY_TEACHER)
+    assert teacher.derived_config() == {"sm_channels": 1280, "lg_channels": 24}
+    assert EfficientNetClassifier().derived_config() == {"features": 1280}
+    save_model(teacher, tmp_path / "m")
+    config_path = tmp_path / "m" / "config.json"
+    config = json.loads(config_path.read_text())
+    assert "sm_channels" not in config and "lg_channels" not in config
+    config_path.write_text(json.dumps({**config, "sm_channels": 1280, "lg_channels": 24}))
+    assert isinstance(load_model(str(tmp_path / "m")), CrossEfficientViT)
+    config_path.write_text(json.dumps({**config, "sm_channels": 1280, "lg_channels": 40}))
+    with pytest.raises(WeightsError, match="lg_channels is 40.*has 24"):
+        load_model(str(tmp_path / "m"))
+
+
+def test_released_weights_load_with_their_bundled_configs():
+    root = Path(__file__).resolve().parents[1] / "weights"
+    for role, cls in (("teacher", CrossEfficientViT), ("student", TinyEfficientNet)):
+        if (root / role / "config.json").is_file():
+            assert isinstance(load_model(str(root / role)), cls)
 
 
 # ------------------------------------------------------------------ resolving references

@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 
 from deepfake_kd.cli import main
-from deepfake_kd.data import LABELS, dfdc_videos, main_faces, read_samples
-from deepfake_kd.faces import Face
+from deepfake_kd.pipeline.faces import Face
+from deepfake_kd.training.data import LABELS, read_samples
+from deepfake_kd.training.prepare_dfdc import dfdc_videos, main_faces
 
 # At --val-fraction 0.5, crc32 puts source "alpha" (0.690) in train and "bravo" (0.265) in val.
 PART_0 = {"alpha.mp4": {"label": "REAL", "split": "train", "original": None},
@@ -75,7 +76,7 @@ def read_rows(path: Path) -> list[list[str]]:
 def test_prepare_resume_and_outputs(dfdc_dir, tmp_path, detector, monkeypatch):
     counting = CountingDetector(detector)
     built = []
-    monkeypatch.setattr("deepfake_kd.faces.FaceDetector",
+    monkeypatch.setattr("deepfake_kd.pipeline.faces.FaceDetector",
                         lambda: built.append(1) or counting)
     out = tmp_path / "crops"
     args = ["prepare-dfdc", str(dfdc_dir), str(out), "--frames-per-video", "2",
@@ -131,7 +132,7 @@ def test_prepare_resume_and_outputs(dfdc_dir, tmp_path, detector, monkeypatch):
 
 def test_journal_line_cut_short_is_redone(dfdc_dir, tmp_path, detector, monkeypatch):
     counting = CountingDetector(detector)
-    monkeypatch.setattr("deepfake_kd.faces.FaceDetector", lambda: counting)
+    monkeypatch.setattr("deepfake_kd.pipeline.faces.FaceDetector", lambda: counting)
     out = tmp_path / "crops"
     args = ["prepare-dfdc", str(dfdc_dir), str(out), "--limit", "2", "--no-progress"]
     assert main(args) == 0

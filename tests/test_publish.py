@@ -4,7 +4,7 @@ import torch
 
 from deepfake_kd.cli import main
 from deepfake_kd.models import StudentCNN, save_model
-from deepfake_kd.publish import files_to_upload, push
+from deepfake_kd.tools.publish import push
 
 
 class RecordingApi:

@@ -11,6 +11,7 @@ import json
 import os
 import pickle
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import gradio as gr
@@ -18,18 +19,20 @@ import numpy as np
 import pytest
 
 import app
-from deepfake_kd import loadtest
-from deepfake_kd.app_logic import (ROLES, Analyzer, AppModels, banner_markdown, load_app_models,
-                                   safe_stem)
 from deepfake_kd.errors import DeepfakeKDError
 from deepfake_kd.limits import MB, AppLimits
 from deepfake_kd.models import StudentCNN, save_model
-from deepfake_kd.models.hub import DEFAULT_REFERENCES, ENV_REFERENCES
+from deepfake_kd.roles import ROLES
+from deepfake_kd.serving.handler import Analyzer, safe_stem
+from deepfake_kd.serving.loading import AppModels, load_app_models
+from deepfake_kd.serving.texts import banner_markdown
+from deepfake_kd.tools import loadtest
 
 pytestmark = [pytest.mark.filterwarnings("ignore:.*no_silent_downcasting"),
               pytest.mark.filterwarnings("ignore:The copy keyword is deprecated")]
 
-PACKAGE = Path(loadtest.__file__).parent
+PACKAGE = Path(loadtest.__file__).parents[2]
+SERVER = PACKAGE / "tools" / "loadtest" / "server.py"  # the one module that starts a process
 HOSTILE = ["$(touch pwned).mp4", "; rm -rf x.mp4", "`touch pwned`.mp4",
            "ünïcødé 顔 🎭 'q\".mp4", "-rf.mp4", "..mp4", "a" * 200 + ".mp4"]
 
@@ -77,8 +80,8 @@ def test_scores_are_compared_to_float_tolerance():
     close = [frames, [(0, 1, ("student", 0.25 + 1e-6), ("teacher", 0.5))]]
     far = [frames, [(0, 1, ("student", 0.26), ("teacher", 0.5))]]
     other_frames = [[(0, 1), (4, 0)], a[1]]
-    assert loadtest.same_scores(a, close)
-    assert not loadtest.same_scores(a, far) and not loadtest.same_scores(a, other_frames)
+    assert not loadtest.score_difference(a, close)
+    assert loadtest.score_difference(a, far) and loadtest.score_difference(a, other_frames)
 
 
 # --- faults at start-up: named file, the fix, and no half-loaded model ----------------------
@@ -87,16 +90,16 @@ def test_scores_are_compared_to_float_tolerance():
 def env_weights(monkeypatch, tmp_path, model_dirs):
     """The teacher from its good folder; the student from a folder each test breaks."""
     for role in ROLES:
-        monkeypatch.setitem(DEFAULT_REFERENCES, role, tmp_path / "absent" / role)
+        monkeypatch.setitem(ROLES, role, replace(ROLES[role], default=tmp_path / "absent" / role))
     monkeypatch.delenv("DEEPFAKE_KD_UNTRAINED", raising=False)
-    monkeypatch.setenv(ENV_REFERENCES["teacher"], str(model_dirs["teacher"]))
+    monkeypatch.setenv(ROLES["teacher"].env, str(model_dirs["teacher"]))
     student = tmp_path / "student"
-    monkeypatch.setenv(ENV_REFERENCES["student"], str(student))
+    monkeypatch.setenv(ROLES["student"].env, str(student))
     return student
 
 
 def sharded_student(folder: Path, monkeypatch) -> list[Path]:
-    monkeypatch.setattr("deepfake_kd.models.base.MAX_SHARD_BYTES", 20_000)
+    monkeypatch.setattr("deepfake_kd.models.weights.MAX_SHARD_BYTES", 20_000)
     save_model(StudentCNN(widths=(8, 16, 32)), folder)
     shards = sorted(folder.glob("model-*.safetensors"))
     assert len(shards) > 1
@@ -126,7 +129,7 @@ def mismatched_config(folder, monkeypatch):
 def unreachable_hub(folder, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(folder.parent / "empty-hub-cache"))
-    monkeypatch.setenv(ENV_REFERENCES["student"], "nobody/no-such-student@v1")
+    monkeypatch.setenv(ROLES["student"].env, "nobody/no-such-student@v1")
     return ["nobody/no-such-student", "Hub cache", "huggingface-cli download owner/name"]
 
 
@@ -180,8 +183,8 @@ def test_a_planted_pickle_is_refused_and_never_unpickled(name, env_weights, tmp_
 def test_the_app_loads_weights_with_safetensors_only():
     """No module the app runs can unpickle: no torch.load, pickle or allow_pickle there."""
     app_modules = [PACKAGE.parent / "app.py", *(PACKAGE / "models").glob("*.py")] + [
-        PACKAGE / f"{name}.py" for name in ("app_logic", "analysis", "video", "faces",
-                                            "examples", "plots", "limits")]
+        *(PACKAGE / "pipeline").glob("*.py"), *(PACKAGE / "serving").glob("*.py"),
+        PACKAGE / "limits.py", PACKAGE / "roles.py", PACKAGE / "util.py"]
     for path in app_modules:
         source = path.read_text()
         for call in ("torch.load", "pickle.load", "allow_pickle=True", "import pickle"):
@@ -284,7 +287,7 @@ def test_a_hostile_upload_name_stays_a_name(name, app_analyzer, face_clip, tmp_p
 def test_no_shell_and_no_subprocess_in_the_package():
     """Nothing in deepfake_kd can hand an upload's name to a shell: no os.system/os.popen, no
     shell=True anywhere; subprocess only in loadtest, which starts `python app.py` from a
-    fixed argument list."""
+    fixed argument list (tools/loadtest/server.py)."""
     for path in sorted(PACKAGE.rglob("*.py")) + [PACKAGE.parent / "app.py"]:
         tree = ast.parse(path.read_text())
         for node in ast.walk(tree):
@@ -298,8 +301,8 @@ def test_no_shell_and_no_subprocess_in_the_package():
                 modules = [alias.name for alias in node.names] + [getattr(node, "module", "")]
                 if any(m and m.split(".")[0] in ("subprocess", "pty", "commands")
                        for m in modules):
-                    assert path.name == "loadtest.py", f"{path.name}:{node.lineno}"
-    source = (PACKAGE / "loadtest.py").read_text()
+                    assert path == SERVER, f"{path}:{node.lineno}"
+    source = SERVER.read_text()
     assert source.count("subprocess.Popen(") == 1
     assert "subprocess.Popen([sys.executable, str(APP)]" in source
 

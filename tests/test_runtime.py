@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from deepfake_kd.errors import DeepfakeKDError
-from deepfake_kd.runtime import RUNTIMES, accelerate, parse_runtimes
+from deepfake_kd.pipeline.runtime import accelerate
+from deepfake_kd.tools.analyze import parse_runtimes
 
 
 @pytest.fixture(scope="module")

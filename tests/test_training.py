@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from deepfake_kd.cli import main
-from deepfake_kd.data import Augment, load_crops, read_samples
-from deepfake_kd.distill import distillation_loss
-from deepfake_kd.evaluate import binary_metrics, roc_auc
 from deepfake_kd.models import StudentCNN, load_model
-from deepfake_kd.train import CropFeed, FitConfig, fit, hard_loss, schedule
+from deepfake_kd.training.data import Augment, load_crops, read_samples
+from deepfake_kd.training.distill import distillation_loss
+from deepfake_kd.training.metrics import binary_metrics, roc_auc
+from deepfake_kd.training.train import CropFeed, FitConfig, fit, hard_loss, schedule
 
 TINY_STUDENT = {"widths": [4, 8], "image_size": 32}
 TINY_EFFICIENTNET = {"num_stages": 2, "head_channels": 8, "image_size": 32}
@@ -193,7 +193,7 @@ def test_evaluate_command_reports_both_models(crop_folder, tmp_path, capsys):
 
 def test_teacher_trunks_can_start_from_a_trained_baseline(tmp_path):
     from deepfake_kd.models import CrossEfficientViT, EfficientNetClassifier, save_model
-    from deepfake_kd.train import init_trunks_from, trained_trunk_state_dict
+    from deepfake_kd.training.train import init_trunks_from, trained_trunk_state_dict
     from tests.test_models import TINY_TEACHER
 
     torch.manual_seed(0)

@@ -10,8 +10,8 @@ import pytest
 
 from deepfake_kd.errors import DeepfakeKDError, VideoError
 from deepfake_kd.limits import Limits
-from deepfake_kd import video as video_module
-from deepfake_kd.video import count_frames, sample_frames, spread_indices
+from deepfake_kd.pipeline import video as video_module
+from deepfake_kd.pipeline.video import count_frames, sample_frames, spread_indices
 
 
 def test_samples_every_frame_of_a_short_clip(face_clip):

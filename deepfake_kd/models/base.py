@@ -1,30 +1,34 @@
-"""The one interface every detector model shares, and its safetensors-only persistence.
+"""The one interface every detector model shares.
 
 A model maps a batch of face crops to one logit each (`forward(x) -> [N]`); `predict_proba`
 turns logits into fake probabilities; `preprocess` turns uint8 RGB crops into the input the model
-expects, from the size and normalisation in its own config. Callers (analysis, training,
-benchmark, app) never need to know which model they hold.
+expects, from the size and normalisation in its own config. A model built on EfficientNet trunks
+names them in `trunks()` and computes its logits from their maps in `forward_from_features`
+(training runs frozen trunks once, `training.backbone_cache`); a model without trunks keeps the
+defaults (no trunks). A model behind another runtime (`pipeline.runtime`) gives back the torch
+model with `unwrap()`. Callers (analysis, training, benchmark, app) never need to know which
+model they hold, and never probe for attributes.
+
+Persistence goes through `huggingface_hub.PyTorchModelHubMixin` (config.json) and
+`weights` (safetensors only).
 """
 
 from __future__ import annotations
 
-import json
+import inspect
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from huggingface_hub import PyTorchModelHubMixin, save_torch_state_dict
-from safetensors.torch import load_file
+from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 
-from ..errors import WeightsError
+from .weights import load_weights, save_weights, weights_folder
 
-WEIGHTS_FILE = "model.safetensors"
-WEIGHTS_INDEX_FILE = "model.safetensors.index.json"
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
-MAX_SHARD_BYTES = 45_000_000  # keeps every released file under the 50 MB limit for git
-PART_MARKER = ".__part"  # a tensor larger than a shard is stored as row chunks `<key>.__part<i>`
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def hub_mixin_kwargs(model_name: str) -> dict:
@@ -38,27 +42,59 @@ def hub_mixin_kwargs(model_name: str) -> dict:
 
 
 class FaceClassifier(nn.Module, PyTorchModelHubMixin):
-    """Base of the teacher and the student: a binary real/fake classifier of face crops."""
+    """Base of every detector: a binary real/fake classifier of face crops."""
 
-    channel_order = "RGB"
+    runtime = "eager"  # what runs forward; `pipeline.runtime.AcceleratedModel` says otherwise
+    derived_keys: tuple[str, ...] = ()  # config keys of older releases, now `derived_config`
 
     def __init__(self, *, input_size: int, mean, std):
         super().__init__()
         self.input_size = int(input_size)
         self.mean = tuple(float(m) for m in mean)
         self.std = tuple(float(s) for s in std)
-        assert len(self.mean) == len(self.std) == 3, "mean and std need one value per channel"
+        if not len(self.mean) == len(self.std) == 3:
+            raise ValueError(f"mean and std need one value per RGB channel, got {self.mean} "
+                             f"and {self.std}")
+
+    # --- the interface -----------------------------------------------------------------------
+
+    def trunks(self) -> tuple[nn.Module, ...]:
+        """The backbones whose maps `forward_from_features` takes, in its argument order;
+        none by default."""
+        return ()
+
+    def forward_from_features(self, *maps: torch.Tensor) -> torch.Tensor:
+        """Logits from the maps of `trunks()`; only for models that have trunks."""
+        raise NotImplementedError(f"{type(self).__name__} has no trunks to take maps from")
+
+    def unwrap(self) -> FaceClassifier:
+        """The torch model that holds the weights: the model itself, unless a runtime wraps it."""
+        return self
+
+    def derived_config(self) -> dict:
+        """Values that earlier configs stored and that are now derived from the model itself
+        (e.g. channel counts read from a trunk): a config may still carry them, but only with
+        these values (`registry.load_model` checks)."""
+        return {}
+
+    @property
+    def config(self) -> dict:
+        """The constructor arguments the model was built with (what config.json stores)."""
+        return dict(getattr(self, "_hub_mixin_config", None) or {})
 
     def check_input(self, x: torch.Tensor) -> None:
         expected = (3, self.input_size, self.input_size)
-        assert x.ndim == 4 and tuple(x.shape[1:]) == expected, (
-            f"{type(self).__name__} expects [N, {expected}], got {tuple(x.shape)}")
+        if x.ndim != 4 or tuple(x.shape[1:]) != expected:
+            raise ValueError(f"{type(self).__name__} expects [N, {expected}], "
+                             f"got {tuple(x.shape)}")
 
     def preprocess(self, crops) -> torch.Tensor:
         """uint8 RGB crops (numpy [N,H,W,3] or tensor [N,3,H,W]) -> normalised float input."""
         x = torch.from_numpy(np.array(crops, dtype=np.uint8)).permute(0, 3, 1, 2) \
             if isinstance(crops, np.ndarray) else crops
-        assert x.ndim == 4 and x.shape[1] == 3, f"expected RGB crops, got {tuple(x.shape)}"
+        if x.ndim != 4 or x.shape[1] != 3:
+            raise ValueError(f"expected RGB crops [N,H,W,3] (numpy) or [N,3,H,W] (tensor), "
+                             f"got {tuple(x.shape)}")
         x = x.float().div_(255.0)
         if x.shape[-2:] != (self.input_size, self.input_size):
             x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear",
@@ -79,16 +115,13 @@ class FaceClassifier(nn.Module, PyTorchModelHubMixin):
     # --- persistence: config.json from the mixin, weights as (sharded) safetensors only ---
 
     def _save_pretrained(self, save_directory: Path) -> None:
-        state = split_large_tensors(self.state_dict(), max_bytes=MAX_SHARD_BYTES)
-        save_torch_state_dict(state, save_directory, max_shard_size=MAX_SHARD_BYTES)
+        save_weights(self.state_dict(), save_directory)
 
     @classmethod
     def _from_pretrained(cls, *, model_id: str, revision=None, cache_dir=None,
                          force_download=False, local_files_only=False, token=None,
                          map_location="cpu", strict=True, **kwargs):
-        from .hub import weights_folder  # local import: hub imports this module
-
-        model_kwargs = {k: v for k, v in kwargs.items() if k in cls._init_parameter_names()}
+        model_kwargs = {k: v for k, v in kwargs.items() if k in cls.init_parameter_names()}
         model = cls(**model_kwargs)
         folder = weights_folder(model_id, revision=revision, cache_dir=cache_dir, token=token,
                                 local_files_only=local_files_only)
@@ -96,85 +129,28 @@ class FaceClassifier(nn.Module, PyTorchModelHubMixin):
         return model.eval()
 
     @classmethod
-    def _init_parameter_names(cls) -> set[str]:
-        import inspect
-
+    def init_parameter_names(cls) -> set[str]:
         return set(inspect.signature(cls.__init__).parameters) - {"self"}
 
 
-def split_large_tensors(state: dict[str, torch.Tensor], *, max_bytes: int
-                        ) -> dict[str, torch.Tensor]:
-    """Split tensors bigger than a shard into row chunks: safetensors cannot spread one tensor
-    over two files, and the teacher's 75,264 x 384 patch embedding is 58 MB even in fp16."""
-    out = {}
-    for key, tensor in state.items():
-        tensor = tensor.detach().contiguous()
-        size = tensor.numel() * tensor.element_size()
-        if size <= max_bytes or tensor.ndim == 0:
-            out[key] = tensor
-            continue
-        for i, chunk in enumerate(tensor.chunk(-(-size // max_bytes), dim=0)):
-            out[f"{key}{PART_MARKER}{i}"] = chunk.clone()  # own storage: one file each
-    return out
+def preprocessed_batches(model: FaceClassifier, crops, batch_size: int
+                         ) -> Iterator[torch.Tensor]:
+    """uint8 crops [N,H,W,3] (maybe memory-mapped) in model-ready batches of `batch_size`."""
+    for start in range(0, len(crops), batch_size):
+        yield model.preprocess(np.asarray(crops[start:start + batch_size]))
 
 
-def join_split_tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Inverse of `split_large_tensors`."""
-    parts: dict[str, dict[int, torch.Tensor]] = {}
-    out = {}
-    for key, tensor in state.items():
-        base, marker, index = key.rpartition(PART_MARKER)
-        if marker and index.isdigit():
-            parts.setdefault(base, {})[int(index)] = tensor
-        else:
-            out[key] = tensor
-    for base, chunks in parts.items():
-        if sorted(chunks) != list(range(len(chunks))):
-            raise WeightsError(f"{base}: chunks {sorted(chunks)} are not complete")
-        out[base] = torch.cat([chunks[i] for i in range(len(chunks))], dim=0)
-    return out
+@torch.no_grad()
+def predict_crops(model: FaceClassifier, crops, *, batch_size: int = 64,
+                  progress: bool = False) -> np.ndarray:
+    """Fake probabilities for uint8 crops [N,H,W,3], through the model's own preprocessing,
+    in eval mode."""
+    model.eval()
+    batches = preprocessed_batches(model, crops, batch_size)
+    if progress:
+        from tqdm import tqdm
 
-
-def load_weights(model: nn.Module, folder: str | Path, *, strict: bool = True) -> None:
-    """Load safetensors weights (one file or shards) into `model`; refuse pickles and mismatches."""
-    folder = Path(folder)
-    pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
-    if pickles:
-        raise WeightsError(
-            f"{folder}: refusing pickle weight file(s) {', '.join(pickles)}; only safetensors are "
-            "loaded. Remove them, or convert them to safetensors.")
-    index_path = folder / WEIGHTS_INDEX_FILE
-    if index_path.is_file():
-        index = json.loads(index_path.read_text())
-        shards = sorted(set(index["weight_map"].values()))
-    elif (folder / WEIGHTS_FILE).is_file():
-        shards = [WEIGHTS_FILE]
-    else:
-        raise WeightsError(f"{folder}: no {WEIGHTS_FILE} or {WEIGHTS_INDEX_FILE}; "
-                           "save the model with save_pretrained() or fetch its weights folder.")
-    state: dict[str, torch.Tensor] = {}
-    for shard in shards:
-        path = folder / shard
-        if not path.is_file():
-            raise WeightsError(f"{path}: shard listed in {WEIGHTS_INDEX_FILE} is missing; "
-                               "download the weights folder again.")
-        try:
-            state.update(load_file(path))
-        except Exception as exc:  # safetensors raises several types for damaged files
-            raise WeightsError(f"{path}: not a readable safetensors file ({exc}); "
-                               "download the weights folder again.") from exc
-    state = join_split_tensors(state)
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    wrong_shape = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
-    if wrong_shape or (strict and (missing or unexpected)):
-        parts = []
-        for label, keys in (("missing", missing), ("unexpected", unexpected),
-                            ("wrong shape", wrong_shape)):
-            if keys:
-                parts.append(f"{len(keys)} {label} (e.g. {keys[0]})")
-        raise WeightsError(
-            f"{folder}: weights do not match {type(model).__name__} as configured by its "
-            f"config.json: {'; '.join(parts)}. Use the config.json saved with these weights.")
-    model.load_state_dict(state, strict=strict)  # copies cast fp16 shards into fp32 parameters
+        batches = tqdm(batches, total=-(-len(crops) // batch_size),
+                       desc=f"scoring {type(model).__name__}", unit="batch")
+    out = [model.predict_proba(x) for x in batches]
+    return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.float32)

@@ -11,11 +11,11 @@ backbone. That is why the parameter count here is below the paper's 101.4M (see 
 
 from __future__ import annotations
 
-import timm
 import torch
 from torch import nn
 
-from .base import FaceClassifier, hub_mixin_kwargs
+from .base import IMAGENET_MEAN, IMAGENET_STD, FaceClassifier, hub_mixin_kwargs
+from .trunk import EfficientNetTrunk
 
 
 class PreNorm(nn.Module):
@@ -140,36 +140,17 @@ class MultiScaleEncoder(nn.Module):
         return sm_tokens, lg_tokens
 
 
-class EfficientNetTrunk(nn.Module):
-    """An EfficientNet from timm cut after `num_stages` stages (None: the whole network up to
-    conv_head, i.e. the 1280-channel map). Built without touching the network."""
-
-    def __init__(self, *, backbone: str, num_stages: int | None):
-        super().__init__()
-        net = timm.create_model(backbone, pretrained=False)
-        self.conv_stem, self.bn1 = net.conv_stem, net.bn1
-        self.blocks = net.blocks if num_stages is None else net.blocks[:num_stages]
-        full = num_stages is None
-        self.conv_head = net.conv_head if full else nn.Identity()
-        self.bn2 = net.bn2 if full else nn.Identity()
-
-    @property
-    def out_channels(self) -> int:
-        """Channels of the map forward returns: those of the last convolution."""
-        return [m for m in self.modules() if isinstance(m, nn.Conv2d)][-1].out_channels
-
-    def forward(self, x):
-        return self.bn2(self.conv_head(self.blocks(self.bn1(self.conv_stem(x)))))
-
-
 class ImageEmbedder(nn.Module):
     """Backbone feature map -> patch tokens (+ CLS token, position embedding)."""
 
-    def __init__(self, *, trunk: EfficientNetTrunk, channels: int, map_size: int,
-                 patch_size: int, dim: int, dropout: float):
+    def __init__(self, *, trunk: EfficientNetTrunk, map_size: int, patch_size: int, dim: int,
+                 dropout: float):
         super().__init__()
-        assert map_size % patch_size == 0, "feature map must split into whole patches"
+        if map_size % patch_size:
+            raise ValueError(f"a {map_size}x{map_size} feature map does not split into whole "
+                             f"{patch_size}x{patch_size} patches")
         self.trunk = trunk
+        channels = trunk.out_channels
         self.channels, self.map_size, self.patch_size = channels, map_size, patch_size
         num_patches = (map_size // patch_size) ** 2
         self.to_patch_embedding = nn.Linear(channels * patch_size**2, dim)
@@ -179,7 +160,9 @@ class ImageEmbedder(nn.Module):
 
     def tokens(self, fmap: torch.Tensor) -> torch.Tensor:
         b, c, h, w = fmap.shape
-        assert (c, h, w) == (self.channels, self.map_size, self.map_size), fmap.shape
+        if (c, h, w) != (self.channels, self.map_size, self.map_size):
+            raise ValueError(f"expected maps [N, {self.channels}, {self.map_size}, "
+                             f"{self.map_size}], got {tuple(fmap.shape)}")
         p = self.patch_size
         # b c (h p1) (w p2) -> b (h w) (p1 p2 c), the reference's patch layout
         patches = fmap.reshape(b, c, h // p, p, w // p, p).permute(0, 2, 4, 3, 5, 1)
@@ -194,6 +177,8 @@ class ImageEmbedder(nn.Module):
 class CrossEfficientViT(FaceClassifier, **hub_mixin_kwargs("cross-efficient-vit")):
     """The paper's configuration by default (configs/architecture.yaml of the reference)."""
 
+    derived_keys = ("sm_channels", "lg_channels")
+
     def __init__(
         self,
         *,
@@ -201,14 +186,12 @@ class CrossEfficientViT(FaceClassifier, **hub_mixin_kwargs("cross-efficient-vit"
         image_size: int = 224,
         depth: int = 4,
         sm_dim: int = 192,
-        sm_channels: int = 1280,
         sm_patch_size: int = 7,
         sm_enc_depth: int = 2,
         sm_enc_heads: int = 8,
         sm_enc_dim_head: int = 64,
         sm_enc_mlp_dim: int = 2048,
         lg_dim: int = 384,
-        lg_channels: int = 24,
         lg_stages: int = 2,
         lg_patch_size: int = 56,
         lg_enc_depth: int = 3,
@@ -220,15 +203,15 @@ class CrossEfficientViT(FaceClassifier, **hub_mixin_kwargs("cross-efficient-vit"
         cross_attn_dim_head: int = 64,
         dropout: float = 0.15,
         emb_dropout: float = 0.15,
-        mean: tuple[float, float, float] = (0.485, 0.456, 0.406),
-        std: tuple[float, float, float] = (0.229, 0.224, 0.225),
+        mean: tuple[float, float, float] = IMAGENET_MEAN,
+        std: tuple[float, float, float] = IMAGENET_STD,
     ):
         super().__init__(input_size=image_size, mean=mean, std=std)
         self.sm_embedder = ImageEmbedder(
-            trunk=EfficientNetTrunk(backbone=backbone, num_stages=None), channels=sm_channels,
+            trunk=EfficientNetTrunk(backbone=backbone, num_stages=None),
             map_size=image_size // 32, patch_size=sm_patch_size, dim=sm_dim, dropout=emb_dropout)
         self.lg_embedder = ImageEmbedder(
-            trunk=EfficientNetTrunk(backbone=backbone, num_stages=lg_stages), channels=lg_channels,
+            trunk=EfficientNetTrunk(backbone=backbone, num_stages=lg_stages),
             map_size=image_size // 4, patch_size=lg_patch_size, dim=lg_dim, dropout=emb_dropout)
         self.encoder = MultiScaleEncoder(
             depth=depth, sm_dim=sm_dim, lg_dim=lg_dim,
@@ -247,6 +230,10 @@ class CrossEfficientViT(FaceClassifier, **hub_mixin_kwargs("cross-efficient-vit"
     def trunks(self) -> tuple[EfficientNetTrunk, ...]:
         """The backbones whose maps `forward_from_features` takes, in its argument order."""
         return self.sm_embedder.trunk, self.lg_embedder.trunk
+
+    def derived_config(self) -> dict:
+        """Channel counts older configs stored; they come from the trunks now."""
+        return {"sm_channels": self.sm_embedder.channels, "lg_channels": self.lg_embedder.channels}
 
     def forward_from_features(self, sm_map: torch.Tensor, lg_map: torch.Tensor) -> torch.Tensor:
         """Logits from the two backbone maps; lets training run frozen backbone parts once."""

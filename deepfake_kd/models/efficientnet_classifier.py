@@ -9,31 +9,36 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import FaceClassifier, hub_mixin_kwargs
-from .cross_efficient_vit import EfficientNetTrunk
+from .base import IMAGENET_MEAN, IMAGENET_STD, FaceClassifier, hub_mixin_kwargs
+from .trunk import EfficientNetTrunk
 
 
 class EfficientNetClassifier(FaceClassifier, **hub_mixin_kwargs("efficientnet-classifier")):
+    derived_keys = ("features",)
+
     def __init__(
         self,
         *,
         backbone: str = "efficientnet_lite0",
         image_size: int = 224,
-        features: int = 1280,
         dropout: float = 0.2,
-        mean: tuple[float, float, float] = (0.485, 0.456, 0.406),
-        std: tuple[float, float, float] = (0.229, 0.224, 0.225),
+        mean: tuple[float, float, float] = IMAGENET_MEAN,
+        std: tuple[float, float, float] = IMAGENET_STD,
     ):
         super().__init__(input_size=image_size, mean=mean, std=std)
         self.trunk = EfficientNetTrunk(backbone=backbone, num_stages=None)
         self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout),
-                                  nn.Linear(features, 1))
+                                  nn.Linear(self.trunk.out_channels, 1))
         nn.init.zeros_(self.head[-1].weight)  # start at p=0.5: a random head starts at loss ~2.5
         nn.init.zeros_(self.head[-1].bias)
 
     def trunks(self) -> tuple[EfficientNetTrunk, ...]:
         """The backbones whose maps `forward_from_features` takes, in its argument order."""
         return (self.trunk,)
+
+    def derived_config(self) -> dict:
+        """The head's input width older configs stored as `features`; it comes from the trunk."""
+        return {"features": self.trunk.out_channels}
 
     def forward_from_features(self, fmap: torch.Tensor) -> torch.Tensor:
         return self.head(fmap).squeeze(-1)

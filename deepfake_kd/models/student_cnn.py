@@ -1,4 +1,4 @@
-"""The student: a small plain CNN distilled from the Cross Efficient ViT teacher.
+"""A small plain CNN: the previous release's student, kept so its weights still load.
 
 Dense 3x3 convolutions at a low input resolution (112x112 by default) run close to peak speed on a
 CPU, unlike depthwise blocks whose runtime is dominated by memory traffic. Each stage halves the
@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import FaceClassifier, hub_mixin_kwargs
+from .base import IMAGENET_MEAN, IMAGENET_STD, FaceClassifier, hub_mixin_kwargs
 
 
 def conv_bn_relu(c_in: int, c_out: int, stride: int) -> nn.Sequential:
@@ -41,8 +41,8 @@ class StudentCNN(FaceClassifier, **hub_mixin_kwargs("student-cnn")):
         image_size: int = 112,
         widths: tuple[int, ...] = (16, 32, 64, 128),
         dropout: float = 0.1,
-        mean: tuple[float, float, float] = (0.485, 0.456, 0.406),
-        std: tuple[float, float, float] = (0.229, 0.224, 0.225),
+        mean: tuple[float, float, float] = IMAGENET_MEAN,
+        std: tuple[float, float, float] = IMAGENET_STD,
     ):
         super().__init__(input_size=image_size, mean=mean, std=std)
         widths = tuple(int(w) for w in widths)

@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import FaceClassifier, hub_mixin_kwargs
-from .cross_efficient_vit import EfficientNetTrunk
+from .base import IMAGENET_MEAN, IMAGENET_STD, FaceClassifier, hub_mixin_kwargs
+from .trunk import EfficientNetTrunk
 
 
 class TinyEfficientNet(FaceClassifier, **hub_mixin_kwargs("tiny-efficientnet")):
@@ -24,8 +24,8 @@ class TinyEfficientNet(FaceClassifier, **hub_mixin_kwargs("tiny-efficientnet")):
         head_channels: int = 256,
         image_size: int = 112,
         dropout: float = 0.2,
-        mean: tuple[float, float, float] = (0.485, 0.456, 0.406),
-        std: tuple[float, float, float] = (0.229, 0.224, 0.225),
+        mean: tuple[float, float, float] = IMAGENET_MEAN,
+        std: tuple[float, float, float] = IMAGENET_STD,
     ):
         super().__init__(input_size=image_size, mean=mean, std=std)
         self.trunk = EfficientNetTrunk(backbone=backbone, num_stages=num_stages)

@@ -1,41 +1,124 @@
-"""One resolver for model references: a local folder, or a Hub repo id (`owner/name[@revision]`).
+"""Weights on disk: safetensors only (one file, or shards, tensors larger than a shard stored as
+row chunks), and the one resolver of model references.
 
-The folder is tried first, then the Hub (or only its local cache when HF_HUB_OFFLINE is set).
-A reference that cannot be resolved raises `ModelNotFoundError` listing what was tried and how to
-get the weights. Nothing here runs at import time.
+A reference is a local folder or a Hub repo id (`owner/name[@revision]`). The folder is tried
+first, then the Hub (or only its local cache when HF_HUB_OFFLINE is set). A reference that
+cannot be resolved raises `ModelNotFoundError` listing what was tried and how to get the
+weights. Nothing here knows a model class (`registry` builds models) and nothing runs at
+import time.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
-from huggingface_hub import snapshot_download
+import torch
+from huggingface_hub import save_torch_state_dict, snapshot_download
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
+from safetensors.torch import load_file
+from torch import nn
 
 from ..errors import ModelNotFoundError, WeightsError
-from .base import FaceClassifier
-from .cross_efficient_vit import CrossEfficientViT
-from .efficientnet_classifier import EfficientNetClassifier
-from .student import StudentCNN
-from .tiny_efficientnet import TinyEfficientNet
+from ..util import env_flag
 
-MODEL_CLASSES: dict[str, type[FaceClassifier]] = {
-    cls.__name__: cls
-    for cls in (CrossEfficientViT, StudentCNN, TinyEfficientNet, EfficientNetClassifier)
-}
-WEIGHTS_DIR = Path(__file__).resolve().parents[2] / "weights"
-DEFAULT_REFERENCES = {"teacher": WEIGHTS_DIR / "teacher", "student": WEIGHTS_DIR / "student"}
-ENV_REFERENCES = {"teacher": "DEEPFAKE_KD_TEACHER", "student": "DEEPFAKE_KD_STUDENT"}
+WEIGHTS_FILE = "model.safetensors"
+WEIGHTS_INDEX_FILE = "model.safetensors.index.json"
+CONFIG_FILE = "config.json"
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+MAX_SHARD_BYTES = 45_000_000  # keeps every released file under the 50 MB limit for git
+PART_MARKER = ".__part"  # a tensor larger than a shard is stored as row chunks `<key>.__part<i>`
 HUB_FILES = ["*.json", "*.safetensors", "README.md"]
 
 
-def default_reference(role: str) -> str:
-    """The model used when none is named: an environment variable (a Space), else bundled."""
-    return os.environ.get(ENV_REFERENCES[role]) or str(DEFAULT_REFERENCES[role])
+# --- safetensors I/O -------------------------------------------------------------------------
 
+def save_weights(state: dict[str, torch.Tensor], folder: str | Path) -> None:
+    """A state dict as safetensors in `folder`, sharded under MAX_SHARD_BYTES per file."""
+    state = split_large_tensors(state, max_bytes=MAX_SHARD_BYTES)
+    save_torch_state_dict(state, folder, max_shard_size=MAX_SHARD_BYTES)
+
+
+def split_large_tensors(state: dict[str, torch.Tensor], *, max_bytes: int
+                        ) -> dict[str, torch.Tensor]:
+    """Split tensors bigger than a shard into row chunks: safetensors cannot spread one tensor
+    over two files, and the teacher's 75,264 x 384 patch embedding is 58 MB even in fp16."""
+    out = {}
+    for key, tensor in state.items():
+        tensor = tensor.detach().contiguous()
+        size = tensor.numel() * tensor.element_size()
+        if size <= max_bytes or tensor.ndim == 0:
+            out[key] = tensor
+            continue
+        for i, chunk in enumerate(tensor.chunk(-(-size // max_bytes), dim=0)):
+            out[f"{key}{PART_MARKER}{i}"] = chunk.clone()  # own storage: one file each
+    return out
+
+
+def join_split_tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Inverse of `split_large_tensors`."""
+    parts: dict[str, dict[int, torch.Tensor]] = {}
+    out = {}
+    for key, tensor in state.items():
+        base, marker, index = key.rpartition(PART_MARKER)
+        if marker and index.isdigit():
+            parts.setdefault(base, {})[int(index)] = tensor
+        else:
+            out[key] = tensor
+    for base, chunks in parts.items():
+        if sorted(chunks) != list(range(len(chunks))):
+            raise WeightsError(f"{base}: chunks {sorted(chunks)} are not complete")
+        out[base] = torch.cat([chunks[i] for i in range(len(chunks))], dim=0)
+    return out
+
+
+def load_weights(model: nn.Module, folder: str | Path, *, strict: bool = True) -> None:
+    """Load safetensors weights (one file or shards) into `model`; refuse pickles and mismatches."""
+    folder = Path(folder)
+    pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    if pickles:
+        raise WeightsError(
+            f"{folder}: refusing pickle weight file(s) {', '.join(pickles)}; only safetensors are "
+            "loaded. Remove them, or convert them to safetensors.")
+    index_path = folder / WEIGHTS_INDEX_FILE
+    if index_path.is_file():
+        index = json.loads(index_path.read_text())
+        shards = sorted(set(index["weight_map"].values()))
+    elif (folder / WEIGHTS_FILE).is_file():
+        shards = [WEIGHTS_FILE]
+    else:
+        raise WeightsError(f"{folder}: no {WEIGHTS_FILE} or {WEIGHTS_INDEX_FILE}; "
+                           "save the model with save_pretrained() or fetch its weights folder.")
+    state: dict[str, torch.Tensor] = {}
+    for shard in shards:
+        path = folder / shard
+        if not path.is_file():
+            raise WeightsError(f"{path}: shard listed in {WEIGHTS_INDEX_FILE} is missing; "
+                               "download the weights folder again.")
+        try:
+            state.update(load_file(path))
+        except Exception as exc:  # safetensors raises several types for damaged files
+            raise WeightsError(f"{path}: not a readable safetensors file ({exc}); "
+                               "download the weights folder again.") from exc
+    state = join_split_tensors(state)
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong_shape = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    if wrong_shape or (strict and (missing or unexpected)):
+        parts = []
+        for label, keys in (("missing", missing), ("unexpected", unexpected),
+                            ("wrong shape", wrong_shape)):
+            if keys:
+                parts.append(f"{len(keys)} {label} (e.g. {keys[0]})")
+        raise WeightsError(
+            f"{folder}: weights do not match {type(model).__name__} as configured by its "
+            f"config.json: {'; '.join(parts)}. Use the config.json saved with these weights.")
+    model.load_state_dict(state, strict=strict)  # copies cast fp16 shards into fp32 parameters
+
+
+# --- the one resolver ------------------------------------------------------------------------
 
 def split_reference(reference: str) -> tuple[str, str | None]:
     """'owner/name@rev' -> ('owner/name', 'rev'); a reference without '@' has no revision."""
@@ -44,7 +127,7 @@ def split_reference(reference: str) -> tuple[str, str | None]:
 
 
 def hub_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}
+    return env_flag("HF_HUB_OFFLINE")
 
 
 def weights_folder(reference: str, *, revision: str | None = None, cache_dir=None, token=None,
@@ -79,27 +162,17 @@ def not_found_message(reference: str, tried: list[str]) -> str:
             "(download it once with network access, or `huggingface-cli download owner/name`).")
 
 
-def load_model(reference: str, *, cache_dir=None, token=None) -> FaceClassifier:
-    """Build the model a reference describes (its config.json) and load its weights strictly."""
-    folder = weights_folder(reference, cache_dir=cache_dir, token=token)
-    config_path = folder / "config.json"
+def read_config(folder: Path) -> tuple[Path, dict]:
+    """(path, content) of a weights folder's config.json; a WeightsError when it is absent or
+    not a JSON object."""
+    config_path = folder / CONFIG_FILE
     if not config_path.is_file():
         raise WeightsError(f"{config_path}: missing; a weights folder needs the config.json "
                            "written by save_pretrained().")
     try:
         config = json.loads(config_path.read_text())
-        cls = MODEL_CLASSES[config["architecture"]]
-    except (ValueError, KeyError) as exc:
-        raise WeightsError(f"{config_path}: not a deepfake-kd model config ({exc!r}); expected "
-                           f"'architecture' to be one of {sorted(MODEL_CLASSES)}.") from None
-    try:
-        return cls.from_pretrained(str(folder), strict=True)
-    except TypeError as exc:  # config keys the class does not take
-        raise WeightsError(f"{config_path}: does not fit {cls.__name__}: {exc}") from None
-
-
-def save_model(model: FaceClassifier, folder: str | Path) -> Path:
-    """save_pretrained plus the architecture name, so `load_model` needs no other hint."""
-    config = {**model._hub_mixin_config, "architecture": type(model).__name__}
-    model.save_pretrained(folder, config=config)
-    return Path(folder)
+        if not isinstance(config, dict):
+            raise ValueError("not a JSON object")
+    except ValueError as exc:
+        raise WeightsError(f"{config_path}: not a deepfake-kd model config ({exc!r})") from None
+    return config_path, config

@@ -3,40 +3,31 @@
 Faces are detected once and the same crops go to every model; each model preprocesses them
 itself. The verdict follows the reference rule of Cross Efficient ViT: a face track's score is
 the mean fake probability of its faces, and the clip is fake if any track's mean exceeds the
-threshold (0.55). The CLI (`analyze`) and the app only render the `AnalysisResult`.
+threshold (0.55). The CLI (`tools.analyze`) and the app (`serving`) only render the
+`AnalysisResult`.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
 import queue
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Callable, Mapping
 
-import cv2
 import numpy as np
 import torch
 
-from .errors import DeepfakeKDError, ModelNotFoundError
+from ..limits import Limits
+from ..models import FaceClassifier
+from ..models.base import preprocessed_batches
+from ..roles import DEFAULT_THRESHOLD
 from .faces import Box, Face, FaceDetector
-from .limits import Limits
-from .models import (CrossEfficientViT, FaceClassifier, TinyEfficientNet, default_reference,
-                     load_model)
-from .models.hub import DEFAULT_REFERENCES, MODEL_CLASSES
 from .video import SampledVideo, sample_frames
 
-Progress = Callable[[float], None]
-
-DEFAULT_THRESHOLD = 0.55
 FAKE, REAL, NO_FACE = "FAKE", "REAL", "NO FACE"
 MODEL_BATCH = 32  # crops per model call: bounds memory on clips with many faces
-UNTRAINED = "untrained (random weights)"
 
 
 @dataclass
@@ -225,8 +216,7 @@ def score_crops(model: FaceClassifier, crops: np.ndarray) -> tuple[list[float], 
     seconds, probs = 0.0, []
     with torch.inference_mode():
         model.predict_proba(model.preprocess(crops[:1]))  # warm-up: lazy init, allocator
-        for start in range(0, len(crops), MODEL_BATCH):
-            x = model.preprocess(crops[start:start + MODEL_BATCH])
+        for x in preprocessed_batches(model, crops, MODEL_BATCH):
             tic = time.perf_counter()
             p = model.predict_proba(x)
             seconds += time.perf_counter() - tic
@@ -261,164 +251,3 @@ def model_result(name: str, model: FaceClassifier, *, probs: list[float], track_
         name=name, source=source, num_parameters=model.num_parameters(),
         inference_ms=1000 * seconds, ms_per_face=1000 * seconds / max(len(probs), 1),
         track_probs=track_probs, video_prob=video_prob, verdict=verdict)
-
-
-# --- command line ---------------------------------------------------------------------------
-
-MODEL_ROLES: dict[str, type[FaceClassifier]] = {"teacher": CrossEfficientViT,
-                                                "student": TinyEfficientNet}
-
-
-def add_cli(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "analyze", help="score a video clip with the teacher and the student",
-        description="Sample frames, find faces once, score them with both models, and print "
-                    "each model's verdict (fake if any face track's mean score > threshold).")
-    parser.add_argument("clip", help="video file (mp4, mov, avi, webm, ...)")
-    parser.add_argument("--frames", type=int, default=32, metavar="N",
-                        help="frames to sample (default 32)")
-    parser.add_argument("--threshold", type=probability, default=DEFAULT_THRESHOLD, metavar="T",
-                        help=f"fake if a track's mean exceeds this (default {DEFAULT_THRESHOLD})")
-    add_model_arguments(parser, untrained_help="tries the pipeline before training; its "
-                                               "scores mean nothing")
-    add_runtime_argument(parser)
-    parser.add_argument("--json", action="store_true", help="print the full result as JSON")
-    parser.set_defaults(run=run_cli)
-
-
-def add_runtime_argument(parser) -> None:
-    parser.add_argument("--runtime", action="append", metavar="[ROLE=]NAME",
-                        help="inference runtime: eager (default), jit, or onnx (ONNX Runtime, "
-                             "pip install onnxruntime onnx); for every model, or ROLE=NAME for "
-                             "one (repeatable). Same probabilities, less time; onnx-int8 "
-                             "(int8, needs --calibration) changes them slightly.")
-    parser.add_argument("--calibration", metavar="MANIFEST",
-                        help="face crops for onnx-int8: a few hundred from this manifest's "
-                             "train split")
-
-
-def add_model_arguments(parser: argparse.ArgumentParser, *, untrained_help: str) -> None:
-    """--teacher / --student REF and --untrained, as `load_cli_models` reads them."""
-    for role in MODEL_ROLES:
-        parser.add_argument(f"--{role}", metavar="REF",
-                            help=f"{role} weights: a folder or Hub repo id[@rev] "
-                                 f"(default {default_reference(role)})")
-    parser.add_argument("--untrained", action="store_true",
-                        help=f"random weights for every model not given by REF: {untrained_help}")
-
-
-def probability(text: str) -> float:
-    value = float(text)
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
-    return value
-
-
-def run_cli(args: argparse.Namespace) -> int:
-    # The errors below say what went wrong in one line; OpenCV's and FFmpeg's own log lines
-    # ("moov atom not found") would only bury it. FFmpeg reads this before its first use.
-    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET
-    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
-    models, sources = load_cli_models(args)
-    models, sources = apply_runtimes(models, sources, args.runtime, args.calibration)
-    result = analyze_video(args.clip, models, num_frames=args.frames, threshold=args.threshold,
-                           detector=FaceDetector(), sources=sources)
-    print(json.dumps(result.to_dict(), indent=2) if args.json else format_summary(result))
-    return 0
-
-
-def load_cli_models(args: argparse.Namespace
-                    ) -> tuple[dict[str, FaceClassifier], dict[str, str]]:
-    models, sources = {}, {}
-    for role, cls in MODEL_ROLES.items():
-        reference = getattr(args, role)
-        if reference is None and args.untrained:
-            models[role], sources[role] = untrained_model(role, cls), UNTRAINED
-            continue
-        reference = reference or default_reference(role)
-        models[role], sources[role] = load_role(role, reference), reference
-    untrained = [role for role, source in sources.items() if source == UNTRAINED]
-    if untrained:
-        print(f"WARNING: {' and '.join(untrained)} use RANDOM weights (--untrained): their "
-              "scores are meaningless; this run only exercises the pipeline.", file=sys.stderr)
-    return models, sources
-
-
-def apply_runtimes(models: dict[str, FaceClassifier], sources: dict[str, str],
-                   runtimes: list[str] | None, calibration: str | None = None
-                   ) -> tuple[dict[str, FaceClassifier], dict[str, str]]:
-    """Each model behind the runtime `--runtime` names for it; its source says which."""
-    from .runtime import accelerate, calibration_crops, parse_runtimes
-
-    chosen = parse_runtimes(runtimes, models)
-    crops = calibration_crops(calibration) if calibration and "onnx-int8" in chosen.values() \
-        else None
-    return ({name: accelerate(model, chosen[name], calibration=crops)
-             for name, model in models.items()},
-            {name: source if chosen[name] == "eager" else f"{source} [{chosen[name]}]"
-             for name, source in sources.items()})
-
-
-def untrained_model(role: str, cls: type[FaceClassifier]) -> FaceClassifier:
-    """Random weights in the architecture of the role's default weights when their config.json
-    is at hand (e.g. the released teacher's EfficientNet-Lite0 branches), else `cls()`."""
-    config_path = Path(default_reference(role)) / "config.json"
-    try:
-        config = json.loads(config_path.read_text())
-        model_cls = MODEL_CLASSES[config["architecture"]]
-        kwargs = {k: v for k, v in config.items() if k in model_cls._init_parameter_names()}
-        return model_cls(**kwargs).eval()
-    except (OSError, ValueError, KeyError, TypeError):
-        return cls().eval()
-
-
-def load_role(role: str, reference: str) -> FaceClassifier:
-    """load_model, with a message that says what to do when the default weights are absent."""
-    try:
-        return load_model(reference)
-    except ModelNotFoundError as exc:
-        if reference == str(DEFAULT_REFERENCES[role]):
-            raise ModelNotFoundError(
-                f"{role} weights are missing: {reference} does not exist yet (the {role} is "
-                f"not trained). Pass --{role} REF (a weights folder or a Hub repo id), or add "
-                "--untrained to try the pipeline with random weights.") from None
-        raise DeepfakeKDError(f"--{role} {reference}: {exc}") from None
-
-
-def format_summary(result: AnalysisResult) -> str:
-    """A readable report: the clip, each model's verdict and cost, and a per-face table."""
-    names = list(result.models)
-    faced = sum(frame.num_faces > 0 for frame in result.frames)
-    brief = sum(not track.counted for track in result.tracks)
-    lines = [
-        f"{Path(result.path).name}: {result.width}x{result.height}, {result.fps:.2f} fps, "
-        f"{result.duration:.1f} s",
-        f"sampled {len(result.frames) + len(result.failed_frames)} frames "
-        f"({len(result.failed_frames)} failed to decode), "
-        f"faces in {faced}, {len(result.tracks)} track(s)"
-        + (f" ({brief} too brief to count)" if brief else "") + "; sampling "
-        f"{result.timings_ms['sampling'] / 1000:.2f} s, face detection "
-        f"{result.timings_ms['detection'] / 1000:.2f} s",
-        "",
-        f"{'model':<10} {'verdict':<8} {'p(fake)':>7} {'params':>9} {'inference':>10} "
-        f"{'per face':>9}  weights",
-    ]
-    for m in result.models.values():
-        prob = "-" if m.video_prob is None else f"{m.video_prob:.3f}"
-        lines.append(f"{m.name:<10} {m.verdict:<8} {prob:>7} {m.num_parameters / 1e6:>8.2f}M "
-                     f"{m.inference_ms:>8.0f}ms {m.ms_per_face:>7.1f}ms  {m.source}")
-    lines.append(f"(threshold {result.threshold}: fake if any face track's mean p(fake) "
-                 "exceeds it)")
-    if result.no_face:
-        lines.append("\nNo face found in any sampled frame: nothing to score.")
-        return "\n".join(lines)
-    lines += ["", f"{'frame':>6} {'time':>7} {'track':>5} " + " ".join(f"{n:>8}" for n in names)]
-    faces_at: dict[int, list[FaceScore]] = {}
-    for face in result.faces:
-        faces_at.setdefault(face.frame_index, []).append(face)
-    for frame in result.frames:
-        head = f"{frame.index:>6} {frame.timestamp:>6.2f}s"
-        faces = sorted(faces_at.get(frame.index, []), key=lambda face: face.track_id)
-        lines += [f"{head} {face.track_id:>5} " + " ".join(f"{face.probs[n]:>8.3f}" for n in names)
-                  for face in faces] or [f"{head} {'-':>5} no face"]
-    return "\n".join(lines)

@@ -21,9 +21,14 @@ import cv2
 import numpy as np
 import torch
 from facenet_pytorch import MTCNN
-from facenet_pytorch.models.utils.detect_face import (bbreg, batched_nms, batched_nms_numpy,
-                                                      generateBoundingBox, pad,
-                                                      rerec)
+from facenet_pytorch.models.utils.detect_face import (
+    batched_nms,
+    batched_nms_numpy,
+    bbreg,
+    generateBoundingBox,
+    pad,
+    rerec,
+)
 
 Box = tuple[float, float, float, float]  # x1, y1, x2, y2 in pixels
 

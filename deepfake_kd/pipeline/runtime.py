@@ -31,8 +31,9 @@ from pathlib import Path
 
 import torch
 
-from .errors import DeepfakeKDError
-from .models import FaceClassifier
+from ..errors import DeepfakeKDError
+from ..models import FaceClassifier
+from ..util import atomic_path, write_atomically
 
 RUNTIMES = ("eager", "jit", "onnx", "onnx-int8")
 CALIBRATION_CROPS = 512  # face crops that set the int8 activation ranges
@@ -48,6 +49,9 @@ class AcceleratedModel(FaceClassifier):
         self.runtime = runtime
         self._run = run
         self.eval()
+
+    def unwrap(self) -> FaceClassifier:
+        return self.model
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
@@ -97,8 +101,7 @@ def jit_runner(model: FaceClassifier):
 def weights_key(model: FaceClassifier) -> str:
     """A digest of what the export depends on: class, configuration, weights, torch version."""
     digest = hashlib.sha256()
-    config = getattr(model, "_hub_mixin_config", None) or {}
-    digest.update(json.dumps([type(model).__name__, config, torch.__version__, ONNX_OPSET],
+    digest.update(json.dumps([type(model).__name__, model.config, torch.__version__, ONNX_OPSET],
                              sort_keys=True, default=str).encode())
     for name, tensor in model.state_dict().items():
         digest.update(name.encode())
@@ -122,18 +125,15 @@ def export_onnx(model: FaceClassifier) -> bytes:
     return buffer.getvalue()
 
 
-def write_atomically(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".part{os.getpid()}")
-    tmp.write_bytes(data)
-    tmp.replace(path)
-
-
 def quantize_int8(source: Path, target: Path, model: FaceClassifier, calibration) -> None:
     """Static int8 quantisation (QDQ, per-channel int8 weights, uint8 activations)."""
     import numpy as np
-    from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType,
-                                          quantize_static)
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     class Crops(CalibrationDataReader):
@@ -146,16 +146,14 @@ def quantize_int8(source: Path, target: Path, model: FaceClassifier, calibration
             return next(self.batches, None)
 
     prepared = target.with_suffix(f".pre{os.getpid()}.onnx")
-    partial = target.with_suffix(f".part{os.getpid()}.onnx")
     try:
         quant_pre_process(str(source), str(prepared))
-        quantize_static(str(prepared), str(partial), Crops(), quant_format=QuantFormat.QDQ,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        per_channel=True)
-        partial.replace(target)
+        with atomic_path(target) as partial:
+            quantize_static(str(prepared), str(partial), Crops(), quant_format=QuantFormat.QDQ,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            per_channel=True)
     finally:
         prepared.unlink(missing_ok=True)
-        partial.unlink(missing_ok=True)
 
 
 def onnx_runner(model: FaceClassifier, *, cache_dir: str | Path | None = None,
@@ -194,29 +192,3 @@ def onnx_runner(model: FaceClassifier, *, cache_dir: str | Path | None = None,
         return torch.from_numpy(session.run(None, {"x": x.numpy()})[0])
 
     return run
-
-
-def calibration_crops(manifest: str | Path, *, count: int = CALIBRATION_CROPS):
-    """`count` training crops spread evenly over a manifest's train split (real and fake)."""
-    from .data import load_crops, read_samples
-
-    root, samples = read_samples(manifest)
-    train = [sample for sample in samples if sample.split == "train"] or samples
-    step = max(1, len(train) // count)
-    return load_crops(root, train[::step][:count])
-
-
-def parse_runtimes(values: list[str] | None, roles) -> dict[str, str]:
-    """['onnx'] or ['teacher=jit', 'student=onnx'] -> {role: runtime} for every role."""
-    chosen = {role: "eager" for role in roles}
-    for value in values or []:
-        role, _, runtime = value.rpartition("=")
-        if runtime not in RUNTIMES:
-            raise DeepfakeKDError(f"--runtime {value}: unknown runtime {runtime!r}; choose one of "
-                                  f"{', '.join(RUNTIMES)}")
-        if role and role not in chosen:
-            raise DeepfakeKDError(f"--runtime {value}: no model called {role!r}; "
-                                  f"models: {', '.join(chosen)}")
-        for name in ([role] if role else chosen):
-            chosen[name] = runtime
-    return chosen

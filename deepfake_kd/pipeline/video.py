@@ -7,6 +7,7 @@ are reported, and the ones that did decode are kept.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -14,8 +15,8 @@ from typing import Callable, Iterator
 import cv2
 import numpy as np
 
-from .errors import DeepfakeKDError, VideoError
-from .limits import MB, Limits
+from ..errors import DeepfakeKDError, VideoError
+from ..limits import MB, Limits
 
 # Seeking restarts decoding at the previous keyframe; grab() decodes every frame on the way.
 # Measured on the 10 s 1080p DFDC clips (a keyframe only every 250+ frames, as with x264's
@@ -26,6 +27,14 @@ SEEK_MIN_GAP = 250
 MAX_FPS = 1000.0  # above this the container's frame rate is nonsense, not a fast camera
 # FFmpeg's tty demuxer opens any .txt/.ans file as a "video" of rendered text (codec 'ansi').
 TEXT_CODECS = {b"ansi"}
+
+
+def quiet_ffmpeg() -> None:
+    """Silence FFmpeg's and OpenCV's own log lines ("moov atom not found"): the errors here
+    say what went wrong in one line, and those lines would only bury it (or scatter over a
+    progress bar). FFmpeg reads the variable before its first use; a value already set wins."""
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
 
 
 @dataclass

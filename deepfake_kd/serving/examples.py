@@ -7,14 +7,15 @@ previews in the page). The first call writes them into a cache folder; later cal
 
 from __future__ import annotations
 
-import os
 import tempfile
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-PHOTO = Path(__file__).resolve().parents[1] / "tests" / "data" / "astronaut.png"
+from ..util import atomic_path
+
+PHOTO = Path(__file__).resolve().parent / "assets" / "astronaut.png"  # public domain (NASA)
 FACE_CENTRE = (224, 117)  # of the face in the photo (MTCNN box 181,62 - 268,172)
 SIZE = (640, 360)  # width, height
 FPS = 10.0
@@ -81,14 +82,13 @@ def two_people_frames(photo: np.ndarray) -> list[np.ndarray]:
 
 def write_webm(path: Path, frames: list[np.ndarray]) -> Path:
     """RGB frames -> VP8 WebM; written beside and renamed, so no half-written clip is left."""
-    partial = path.with_name(f".{path.stem}.{os.getpid()}.partial.webm")
-    writer = cv2.VideoWriter(str(partial), cv2.VideoWriter_fourcc(*"VP80"), FPS, SIZE)
-    if not writer.isOpened():
-        raise RuntimeError(f"cannot write {path}: this OpenCV build has no VP8 encoder")
-    try:
-        for frame in frames:
-            writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
-    finally:
-        writer.release()
-    partial.replace(path)
+    with atomic_path(path) as partial:
+        writer = cv2.VideoWriter(str(partial), cv2.VideoWriter_fourcc(*"VP80"), FPS, SIZE)
+        if not writer.isOpened():
+            raise RuntimeError(f"cannot write {path}: this OpenCV build has no VP8 encoder")
+        try:
+            for frame in frames:
+                writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+        finally:
+            writer.release()
     return path

@@ -11,7 +11,7 @@ from __future__ import annotations
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from .analysis import AnalysisResult, FaceScore
+from ..pipeline.analysis import AnalysisResult, FaceScore
 
 MODEL_COLOURS = {"teacher": "#3b5bdb", "student": "#e8590c"}
 OTHER_COLOURS = ["#2b8a3e", "#862e9c", "#c2255c", "#1098ad"]

@@ -34,16 +34,20 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from .analysis import (add_model_arguments, add_runtime_argument, analyze_video, apply_runtimes,
-                       load_cli_models)
-from .cli import positive_int
-from .errors import DeepfakeKDError
-from .faces import CROP_SIZE, FaceDetector
-from .models import FaceClassifier
+from ..errors import DeepfakeKDError
+from ..models import FaceClassifier, predict_crops
+from ..pipeline.analysis import analyze_video
+from ..pipeline.faces import CROP_SIZE, FaceDetector
+from ..pipeline.video import quiet_ffmpeg
+from ..roles import add_model_arguments, load_cli_models
+from ..serving.examples import FACE_CENTRE as PHOTO_FACE_CENTRE
+from ..serving.examples import PHOTO
+from ..training.data import load_split
+from ..training.metrics import binary_metrics
+from ..util import atomic_path, write_atomically
+from .analyze import add_runtime_argument, apply_runtimes
+from .arguments import positive_int
 
-ROOT = Path(__file__).resolve().parents[1]
-PHOTO = ROOT / "tests" / "data" / "astronaut.png"  # public domain (NASA), see tests/data
-PHOTO_FACE_CENTRE = (224, 117)  # where MTCNN finds the face in the photo
 DEFAULT_BATCH_SIZES = (1, 32)
 
 
@@ -51,7 +55,7 @@ DEFAULT_BATCH_SIZES = (1, 32)
 
 def flops_per_face(model: FaceClassifier) -> int:
     """FLOPs of one forward pass on one face (torch's counter: matmul, conv, attention)."""
-    model = getattr(model, "model", model)  # an accelerated model: count its torch model
+    model = model.unwrap()  # an accelerated model: count its torch model
     x = torch.zeros(1, 3, model.input_size, model.input_size)
     with torch.inference_mode(), FlopCounterMode(display=False) as counter:
         model(x)
@@ -143,22 +147,22 @@ def make_bench_clip(path: str | Path, *, size: tuple[int, int] = (1920, 1080),
         raise DeepfakeKDError(f"{PHOTO}: missing; pass --clip PATH to benchmark a clip of yours")
     width, height = size
     count = max(1, round(seconds * fps))
-    tmp = path.with_name(path.stem + f".part{os.getpid()}.mp4")
-    writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
-    if not writer.isOpened():
-        raise DeepfakeKDError(f"{tmp}: OpenCV cannot write an mp4v clip here; pass --clip PATH")
-    try:
-        for k in range(count):
-            t = k / max(count - 1, 1)
-            scale = height / 540 * (0.9 + 0.2 * t)  # a face of ~0.17 of the frame height, growing
-            centre = (width * (0.3 + 0.4 * t), height * (0.4 + 0.1 * np.sin(2 * np.pi * t)))
-            shift = np.float32([[scale, 0, centre[0] - PHOTO_FACE_CENTRE[0] * scale],
-                                [0, scale, centre[1] - PHOTO_FACE_CENTRE[1] * scale]])
-            writer.write(cv2.warpAffine(photo, shift, size, flags=cv2.INTER_LINEAR,
-                                        borderValue=(128, 128, 128)))
-    finally:
-        writer.release()
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
+        if not writer.isOpened():
+            raise DeepfakeKDError(f"{tmp}: OpenCV cannot write an mp4v clip here; "
+                                  "pass --clip PATH")
+        try:
+            for k in range(count):
+                t = k / max(count - 1, 1)
+                scale = height / 540 * (0.9 + 0.2 * t)  # a face of ~0.17 of the height, growing
+                centre = (width * (0.3 + 0.4 * t), height * (0.4 + 0.1 * np.sin(2 * np.pi * t)))
+                shift = np.float32([[scale, 0, centre[0] - PHOTO_FACE_CENTRE[0] * scale],
+                                    [0, scale, centre[1] - PHOTO_FACE_CENTRE[1] * scale]])
+                writer.write(cv2.warpAffine(photo, shift, size, flags=cv2.INTER_LINEAR,
+                                            borderValue=(128, 128, 128)))
+        finally:
+            writer.release()
     return path
 
 
@@ -281,8 +285,8 @@ def run_bench(models: Mapping[str, FaceClassifier], *, sources: Mapping[str, str
     flops = {name: flops_per_face(model) for name, model in models.items()}
     report["models"] = {
         name: {"source": (sources or {}).get(name, "in memory"),
-               "architecture": type(getattr(model, "model", model)).__name__,
-               "runtime": getattr(model, "runtime", "eager"), "input_size": model.input_size,
+               "architecture": type(model.unwrap()).__name__,
+               "runtime": model.runtime, "input_size": model.input_size,
                "parameters": params[name], "flops_per_face": flops[name]}
         for name, model in models.items()}
     latency, ratios = latency_report(models, flops, batch_sizes=batch_sizes, repeats=repeats,
@@ -304,16 +308,13 @@ def runtime_auc(eager: Mapping[str, FaceClassifier], models: Mapping[str, FaceCl
                 manifest: str, *, split: str, cache_dir: str = "cache") -> dict:
     """For each model not run eagerly: its AUC on a split's face crops in its runtime and in
     eager, and the largest probability difference between the two."""
-    from .evaluate import binary_metrics, predict_crops
-    from .train import load_split
-
     crops, labels = load_split(manifest, split, cache_dir=cache_dir)
     out = {"manifest": str(manifest), "split": split, "crops": int(len(labels))}
     for name, model in models.items():
         if model is eager[name]:
             continue
         probs, reference = predict_crops(model, crops), predict_crops(eager[name], crops)
-        entry = {"runtime": getattr(model, "runtime", "eager"),
+        entry = {"runtime": model.runtime,
                  "auc": binary_metrics(labels, probs)["auc"],
                  "eager_auc": binary_metrics(labels, reference)["auc"],
                  "max_abs_prob_difference": float(np.abs(probs - reference).max())}
@@ -476,7 +477,7 @@ def add_cli(subparsers) -> None:
 
 
 def run_cli(args: argparse.Namespace) -> int:
-    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
+    quiet_ffmpeg()
     if args.threads:
         torch.set_num_threads(args.threads)
     eager, sources = load_cli_models(args)
@@ -489,11 +490,9 @@ def run_cli(args: argparse.Namespace) -> int:
         report["auc"] = runtime_auc(eager, models, args.auc_manifest, split=args.auc_split)
     print(format_report(report))
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+        write_atomically(args.json, json.dumps(report, indent=2) + "\n")
         print(f"\nwrote {args.json}")
     if args.markdown:
-        Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.markdown).write_text(format_markdown(report) + "\n")
+        write_atomically(args.markdown, format_markdown(report) + "\n")
         print(f"wrote {args.markdown}")
     return 0

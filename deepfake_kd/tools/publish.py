@@ -8,8 +8,8 @@ from pathlib import Path
 
 from huggingface_hub import HfApi
 
-from .models import load_model, save_model
-from .models.hub import HUB_FILES
+from ..models import load_model, save_model
+from ..models.weights import HUB_FILES
 
 
 def files_to_upload(folder: str | Path) -> list[Path]:

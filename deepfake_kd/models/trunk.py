@@ -1,0 +1,29 @@
+"""EfficientNetTrunk: a timm EfficientNet cut after some stages, the backbone of every model
+here but the plain CNN. Its `out_channels` is what the layers on top are sized from."""
+
+from __future__ import annotations
+
+import timm
+from torch import nn
+
+
+class EfficientNetTrunk(nn.Module):
+    """An EfficientNet from timm cut after `num_stages` stages (None: the whole network up to
+    conv_head, i.e. the 1280-channel map). Built without touching the network."""
+
+    def __init__(self, *, backbone: str, num_stages: int | None):
+        super().__init__()
+        net = timm.create_model(backbone, pretrained=False)
+        self.conv_stem, self.bn1 = net.conv_stem, net.bn1
+        self.blocks = net.blocks if num_stages is None else net.blocks[:num_stages]
+        full = num_stages is None
+        self.conv_head = net.conv_head if full else nn.Identity()
+        self.bn2 = net.bn2 if full else nn.Identity()
+
+    @property
+    def out_channels(self) -> int:
+        """Channels of the map forward returns: those of the last convolution."""
+        return [m for m in self.modules() if isinstance(m, nn.Conv2d)][-1].out_channels
+
+    def forward(self, x):
+        return self.bn2(self.conv_head(self.blocks(self.bn1(self.conv_stem(x)))))

@@ -1,0 +1,71 @@
+"""The app's models, loaded once at start-up.
+
+`load_app_models()` loads every role from its environment variable (DEEPFAKE_KD_TEACHER /
+DEEPFAKE_KD_STUDENT: a folder or a Hub repo id) or the bundled `weights/`. Missing weights are
+not a crash: they are reported (`texts.banner_markdown`) and every request is answered with the
+same explanation. DEEPFAKE_KD_UNTRAINED=1 stands random-weight models in for missing ones,
+labelled loudly everywhere.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from ..errors import DeepfakeKDError, ModelNotFoundError
+from ..models import FaceClassifier, load_model
+from ..roles import (
+    ENV_UNTRAINED,
+    ROLES,
+    UNTRAINED,
+    default_reference,
+    is_bundled,
+    short_path,
+    untrained_model,
+)
+from ..util import env_flag
+
+
+@dataclass
+class AppModels:
+    """The models the app serves, where each came from, and what went wrong loading any."""
+
+    models: dict[str, FaceClassifier]  # role -> model; a role whose weights failed is absent
+    sources: dict[str, str]  # role -> the reference it was loaded from, or UNTRAINED
+    problems: dict[str, str] = field(default_factory=dict)  # role -> why it did not load
+    untrained: list[str] = field(default_factory=list)  # roles running on random weights
+
+    @property
+    def ready(self) -> bool:
+        return all(role in self.models for role in ROLES)
+
+
+def load_app_models(*, untrained: bool | None = None) -> AppModels:
+    """Each role from its environment variable or the bundled weights; never raises for weights
+    that are missing or broken. `untrained` (default: DEEPFAKE_KD_UNTRAINED) builds random
+    weights for the roles that failed."""
+    untrained = env_flag(ENV_UNTRAINED) if untrained is None else untrained
+    loaded = AppModels(models={}, sources={})
+    for role in ROLES:
+        reference = default_reference(role)
+        try:
+            loaded.models[role] = load_model(reference).eval()
+            loaded.sources[role] = reference
+            continue
+        except Exception as exc:  # a half-written or foreign folder must not stop the app
+            loaded.problems[role] = load_problem(role, reference, exc)
+        if untrained:
+            loaded.models[role] = untrained_model(role)  # as the CLI's --untrained
+            loaded.sources[role] = UNTRAINED
+            loaded.untrained.append(role)
+    return loaded
+
+
+def load_problem(role: str, reference: str, exc: Exception) -> str:
+    variable = ROLES[role].env
+    if isinstance(exc, ModelNotFoundError) and is_bundled(role, reference):
+        return (f"`{short_path(reference)}` does not exist yet (the {role} is not trained or "
+                f"not downloaded), and `{variable}` is not set.")
+    origin = f"`{variable}={reference}`" if os.environ.get(variable) else f"`{reference}`"
+    detail = str(exc) if isinstance(exc, DeepfakeKDError) else f"{type(exc).__name__}: {exc}"
+    return f"{origin}: {detail}"

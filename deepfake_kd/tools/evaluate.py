@@ -1,0 +1,54 @@
+"""`python -m deepfake_kd evaluate`: AUC / accuracy / F1 / log loss of both models on face
+crops and on labelled clips (`training.evaluate`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+
+from ..models import load_model
+from ..roles import DEFAULT_THRESHOLD, ROLES, add_reference_arguments, cli_reference
+from ..training.data import load_split
+from ..training.evaluate import evaluate_crops, evaluate_videos, format_metrics
+from ..util import write_atomically
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    models = {role: load_model(cli_reference(args, role)) for role in ROLES}
+    report: dict = {"references": {role: cli_reference(args, role) for role in models}}
+    if args.manifest:
+        crops, labels = load_split(args.manifest, args.split, cache_dir=args.cache_dir,
+                                   limit=args.limit)
+        report["crops"] = {"manifest": str(args.manifest), "split": args.split,
+                           "metrics": evaluate_crops(models, crops, labels)}
+        print(format_metrics(f"face crops, split {args.split}:", report["crops"]["metrics"]))
+    if args.videos:
+        report["videos"] = evaluate_videos(models, args.videos, num_frames=args.frames,
+                                           threshold=args.threshold)
+        for clip in report["videos"]["clips"]:
+            print(f"{clip['file']}: label {clip['label']}; " + ", ".join(
+                f"{name} {clip[name]['verdict']} ({clip[name]['video_prob']})" for name in models))
+        print(format_metrics(f"videos (threshold {args.threshold}):",
+                             report["videos"]["metrics"]))
+    if args.json:
+        write_atomically(args.json, json.dumps(report, indent=1))
+    return 0
+
+
+def add_cli(subparsers) -> None:
+    parser = subparsers.add_parser("evaluate", help="AUC / accuracy / F1 / log loss of both models")
+    add_reference_arguments(parser)
+    parser.add_argument("--manifest", help="face crops: manifest CSV or real/ fake/ folder")
+    parser.add_argument("--split", default="val")
+    parser.add_argument("--cache-dir", default="cache")
+    parser.add_argument("--limit", type=int, default=None)
+    parser.add_argument("--videos", help="folder of clips with labels.csv (file,label)")
+    parser.add_argument("--frames", type=int, default=32)
+    parser.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--json", help="also write the figures to this JSON file")
+    parser.set_defaults(run=run_evaluate)

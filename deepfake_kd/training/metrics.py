@@ -1,0 +1,39 @@
+"""Binary metrics of fake probabilities: AUC (the rank statistic, ties counted half),
+accuracy, F1 and log loss."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def roc_auc(labels, scores) -> float:
+    """Area under the ROC curve = P(score of a fake > score of a real), ties counted half."""
+    labels, scores = np.asarray(labels, dtype=int), np.asarray(scores, dtype=float)
+    n_pos, n_neg = int(labels.sum()), int((1 - labels).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    order = np.argsort(scores, kind="mergesort")
+    ranks = np.empty(len(scores))
+    sorted_scores = scores[order]
+    # average ranks over ties (1-based)
+    _, first, counts = np.unique(sorted_scores, return_index=True, return_counts=True)
+    avg = first + (counts + 1) / 2.0
+    ranks[order] = np.repeat(avg, counts)
+    return float((ranks[labels == 1].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def binary_metrics(labels, probs, *, threshold: float = 0.5) -> dict[str, float]:
+    labels = np.asarray(labels, dtype=int)
+    probs = np.asarray(probs, dtype=float)
+    pred = (probs > threshold).astype(int)
+    tp = int(((pred == 1) & (labels == 1)).sum())
+    fp = int(((pred == 1) & (labels == 0)).sum())
+    fn = int(((pred == 0) & (labels == 1)).sum())
+    p = np.clip(probs, 1e-7, 1 - 1e-7)
+    return {
+        "auc": roc_auc(labels, probs),
+        "accuracy": float((pred == labels).mean()),
+        "f1": 2 * tp / (2 * tp + fp + fn) if tp else 0.0,
+        "log_loss": float(-(labels * np.log(p) + (1 - labels) * np.log(1 - p)).mean()),
+        "n": int(len(labels)),
+    }
