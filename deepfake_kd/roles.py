@@ -32,6 +32,7 @@ DEFAULT_THRESHOLD = 0.55  # the reference rule: fake when a face track's mean p(
 ENV_PREFIX = "DEEPFAKE_KD_"
 ENV_UNTRAINED = f"{ENV_PREFIX}UNTRAINED"
 UNTRAINED = "untrained (random weights)"  # the source of a model with random weights
+TEACHER, STUDENT = "teacher", "student"
 
 
 @dataclass(frozen=True)
@@ -44,7 +45,7 @@ class Role:
 
 ROLES: dict[str, Role] = {
     name: Role(name, cls, WEIGHTS_DIR / name, f"{ENV_PREFIX}{name.upper()}")
-    for name, cls in (("teacher", CrossEfficientViT), ("student", TinyEfficientNet))
+    for name, cls in ((TEACHER, CrossEfficientViT), (STUDENT, TinyEfficientNet))
 }
 
 

@@ -12,8 +12,9 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from ..pipeline.analysis import AnalysisResult, FaceScore
+from ..roles import STUDENT, TEACHER
 
-MODEL_COLOURS = {"teacher": "#3b5bdb", "student": "#e8590c"}
+MODEL_COLOURS = {TEACHER: "#3b5bdb", STUDENT: "#e8590c"}
 OTHER_COLOURS = ["#2b8a3e", "#862e9c", "#c2255c", "#1098ad"]
 TRACK_DASHES = ["solid", "dash", "dot", "dashdot", "longdash", "longdashdot"]
 NO_FACE_COLOUR = "#868e96"

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ..pipeline.analysis import FAKE, NO_FACE, REAL, AnalysisResult, ModelResult
-from ..roles import ENV_UNTRAINED, ROLES, UNTRAINED, short_path
+from ..roles import ENV_UNTRAINED, ROLES, STUDENT, TEACHER, UNTRAINED, short_path
 from .loading import AppModels
 from .plots import face_label
 
@@ -31,7 +31,7 @@ def describe_source(source: str) -> str:
 
 
 def fix_instructions() -> str:
-    teacher, student = ROLES["teacher"].env, ROLES["student"].env
+    teacher, student = ROLES[TEACHER].env, ROLES[STUDENT].env
     return (f"**To fix it**, point `{teacher}` and `{student}` at a folder written by "
             "`save_pretrained` (`config.json` + safetensors) or at a Hugging Face Hub repo id "
             f"`owner/name[@revision]`, and restart the app, e.g. `{teacher}=runs/teacher/best "
@@ -139,7 +139,7 @@ def summary_markdown(result: AnalysisResult) -> str:
         f"{result.timings_ms['detection'] / 1000:.2f} s (done once, shared by the models)."]
     if result.failed_frames:
         lines.append(lost_frames_text(result))
-    teacher, student = result.models.get("teacher"), result.models.get("student")
+    teacher, student = result.models.get(TEACHER), result.models.get(STUDENT)
     if teacher and student:
         size = teacher.num_parameters / max(student.num_parameters, 1)
         smaller = (f"**{times(size)} smaller**" if size >= 1 else f"**{times(1 / size)} larger**")

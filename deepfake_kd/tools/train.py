@@ -17,7 +17,7 @@ import torch
 from ..errors import DeepfakeKDError
 from ..models import load_model, predict_crops
 from ..models.registry import architecture
-from ..roles import ROLES, short_path
+from ..roles import ROLES, TEACHER, short_path
 from ..training.backbone_cache import cached_trunk_maps
 from ..training.data import Augment, load_split
 from ..training.distill import cached_teacher_logits, kd_loss_fn, resize_crops
@@ -203,7 +203,7 @@ def run_distill(args: argparse.Namespace) -> int:
 
 def add_distill_cli(subparsers) -> None:
     parser = subparsers.add_parser("distill", help="distil the student from a trained teacher")
-    parser.add_argument("--teacher", default=short_path(str(ROLES["teacher"].default)),
+    parser.add_argument("--teacher", default=short_path(str(ROLES[TEACHER].default)),
                         help="teacher folder or Hub id")
     add_fit_arguments(parser, lr=1e-3, batch_size=128)
     parser.add_argument("--alpha", type=float, default=0.5,
