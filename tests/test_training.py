@@ -170,7 +170,42 @@ def test_train_teacher_and_distill_commands_end_to_end(crop_folder, tmp_path):
                      "--model-kwargs", json.dumps(TINY_EFFICIENTNET)]) == 0
         result = json.loads((out / "result.json").read_text())
         assert result["alpha"] == float(alpha) and 0.0 <= result["val"]["auc"] <= 1.0
-    assert len(list((tmp_path / "cache").glob("teacher-logits-*.npy"))) == 1
+        assert result["views"] == 4
+    # the teacher scored each of the 4 views once (one chunk each), and only once
+    assert len(list((tmp_path / "cache").glob("teacher-views-*/view*.npy"))) == 4
+
+
+def test_view_feed_makes_each_view_again_and_says_which_it_drew(crop_folder):
+    from deepfake_kd.training.train import ViewFeed
+
+    crops, _ = training_data(crop_folder)
+    feed = ViewFeed(crops[:6], Augment(), views=3, seed=5)
+    index, view = torch.arange(6), torch.tensor([0, 1, 2, 0, 1, 2])
+    assert torch.equal(feed.images(index, view), feed.images(index, view))
+    assert not torch.equal(feed.images(index, torch.zeros(6, dtype=torch.long)),
+                           feed.images(index, torch.ones(6, dtype=torch.long)))
+    model = StudentCNN(**TINY_STUDENT).eval()
+    logits, drawn = feed.logits(model, index, torch.Generator().manual_seed(0))
+    assert drawn.shape == (6,) and set(drawn.tolist()) <= {0, 1, 2}
+    with torch.no_grad():
+        assert torch.allclose(logits, model(model.preprocess(feed.images(index, drawn))))
+
+
+def test_teacher_view_logits_are_the_teachers_logits_of_those_views(crop_folder, tmp_path):
+    from deepfake_kd.training.distill import cached_view_logits
+    from deepfake_kd.training.train import ViewFeed
+
+    crops, _ = training_data(crop_folder)
+    feed = ViewFeed(crops[:5], Augment(), views=2, seed=1)
+    teacher = StudentCNN(**TINY_STUDENT).eval()  # any model can teach
+    logits = cached_view_logits("in-memory", teacher, feed, tmp_path, chunk=3, log=lambda m: None)
+    assert logits.shape == (5, 2)
+    with torch.no_grad():
+        for k in range(2):
+            images = feed.images(torch.arange(5), torch.full((5,), k))
+            assert np.allclose(logits[:, k], teacher(teacher.preprocess(images)).numpy(),
+                               atol=1e-5)
+    assert len(list(tmp_path.glob("teacher-views-*/view*.npy"))) == 4  # 2 views x 2 chunks
 
 
 def test_evaluate_command_reports_both_models(crop_folder, tmp_path, capsys):
@@ -183,12 +218,21 @@ def test_evaluate_command_reports_both_models(crop_folder, tmp_path, capsys):
     assert main(["evaluate", "--teacher", str(tmp_path / "teacher"), "--student",
                  str(tmp_path / "student"), "--manifest", str(crop_folder), "--split", "train",
                  "--cache-dir", str(tmp_path / "cache"), "--json", str(report)]) == 0
-    figures = json.loads(report.read_text())["crops"]["metrics"]
+    written = json.loads(report.read_text())
+    figures = written["crops"]["metrics"]
     n_train = sum(s.split == "train" for s in read_samples(crop_folder)[1])
     for name in ("teacher", "student"):
-        assert set(figures[name]) == {"auc", "accuracy", "f1", "log_loss", "n"}
+        assert set(figures[name]) == {"auc", "accuracy", "f1", "log_loss", "n",
+                                      "reals_fake_at_0.5", "reals_fake_at_0.55",
+                                      "reals_mean_p_fake"}
         assert figures[name]["n"] == n_train
-    assert "AUC" in capsys.readouterr().out
+        conditions = written["robustness"][name]
+        assert list(conditions) == ["clean", "shrink64", "jpeg35", "blur1.2", "combined"]
+        assert conditions["clean"] == figures[name]
+        assert all(0 <= c["reals_fake_at_0.55"] <= c["reals_fake_at_0.5"] <= 1
+                   for c in conditions.values())
+    out = capsys.readouterr().out
+    assert "AUC" in out and "robustness" in out and "combined" in out
 
 
 def test_teacher_trunks_can_start_from_a_trained_baseline(tmp_path):

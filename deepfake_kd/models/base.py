@@ -83,21 +83,28 @@ class FaceClassifier(nn.Module, PyTorchModelHubMixin):
         return dict(getattr(self, "_hub_mixin_config", None) or {})
 
     def check_input(self, x: torch.Tensor) -> None:
-        expected = (3, self.input_size, self.input_size)
+        """[N, 3, input_size, input_size]; in training mode any square size, so a schedule can
+        run most steps at a lower resolution (the model must then accept it: see
+        `CrossEfficientViT`, whose maps are resized to the size its patch embedding was built
+        for)."""
+        size = x.shape[-1] if self.training else self.input_size
+        expected = (3, size, size)
         if x.ndim != 4 or tuple(x.shape[1:]) != expected:
             raise ValueError(f"{type(self).__name__} expects [N, {expected}], "
                              f"got {tuple(x.shape)}")
 
-    def preprocess(self, crops) -> torch.Tensor:
-        """uint8 RGB crops (numpy [N,H,W,3] or tensor [N,3,H,W]) -> normalised float input."""
+    def preprocess(self, crops, *, size: int | None = None) -> torch.Tensor:
+        """uint8 RGB crops (numpy [N,H,W,3] or tensor [N,3,H,W]) -> normalised float input, at
+        the model's input size (or `size`, for training at a lower resolution)."""
+        size = size or self.input_size
         x = torch.from_numpy(np.array(crops, dtype=np.uint8)).permute(0, 3, 1, 2) \
             if isinstance(crops, np.ndarray) else crops
         if x.ndim != 4 or x.shape[1] != 3:
             raise ValueError(f"expected RGB crops [N,H,W,3] (numpy) or [N,3,H,W] (tensor), "
                              f"got {tuple(x.shape)}")
         x = x.float().div_(255.0)
-        if x.shape[-2:] != (self.input_size, self.input_size):
-            x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear",
+        if x.shape[-2:] != (size, size):
+            x = F.interpolate(x, size=(size, size), mode="bilinear",
                               antialias=True, align_corners=False)
         mean = torch.tensor(self.mean).view(1, 3, 1, 1)
         std = torch.tensor(self.std).view(1, 3, 1, 1)

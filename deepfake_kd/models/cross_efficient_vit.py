@@ -12,6 +12,7 @@ backbone. That is why the parameter count here is below the paper's 101.4M (see 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .base import IMAGENET_MEAN, IMAGENET_STD, FaceClassifier, hub_mixin_kwargs
@@ -56,7 +57,8 @@ class Attention(nn.Module):
         q = self.to_q(x)
         k, v = self.to_kv(context).chunk(2, dim=-1)
         q, k, v = (t.reshape(b, t.shape[1], self.heads, -1).transpose(1, 2) for t in (q, k, v))
-        out = nn.functional.scaled_dot_product_attention(q, k, v)
+        out = nn.functional.scaled_dot_product_attention(
+            q, k, v, dropout_p=self.dropout if self.training else 0.0)
         return self.to_out(out.transpose(1, 2).reshape(b, n, -1))
 
 
@@ -159,6 +161,9 @@ class ImageEmbedder(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def tokens(self, fmap: torch.Tensor) -> torch.Tensor:
+        if fmap.shape[-1] != self.map_size:  # from a lower training resolution (FixRes-style)
+            fmap = F.interpolate(fmap, size=(self.map_size, self.map_size), mode="bilinear",
+                                 align_corners=False)
         b, c, h, w = fmap.shape
         if (c, h, w) != (self.channels, self.map_size, self.map_size):
             raise ValueError(f"expected maps [N, {self.channels}, {self.map_size}, "

@@ -46,7 +46,7 @@ def split_large_tensors(state: dict[str, torch.Tensor], *, max_bytes: int
     over two files, and the teacher's 75,264 x 384 patch embedding is 58 MB even in fp16."""
     out = {}
     for key, tensor in state.items():
-        tensor = tensor.detach().contiguous()
+        tensor = tensor.detach().cpu().contiguous()  # also from a GPU or channels-last
         size = tensor.numel() * tensor.element_size()
         if size <= max_bytes or tensor.ndim == 0:
             out[key] = tensor

@@ -1,6 +1,6 @@
 """The training commands: `train-teacher` (the teacher, or the baseline) and `distill` (the
-student, from a trained teacher's logits; alpha 1 is the no-teacher ablation). What they run is
-`training.train` and `training.distill`."""
+student, from a trained teacher's logits for the views it sees; alpha 1 is the no-teacher
+ablation). What they run is `training.train` and `training.distill`."""
 
 from __future__ import annotations
 
@@ -19,13 +19,14 @@ from ..models import load_model, predict_crops
 from ..models.registry import architecture
 from ..roles import ROLES, TEACHER, short_path
 from ..training.backbone_cache import cached_trunk_maps
-from ..training.data import Augment, load_split
-from ..training.distill import cached_teacher_logits, kd_loss_fn, resize_crops
+from ..training.data import Augment, class_balance_weights, load_split
+from ..training.distill import cached_view_logits, kd_loss_fn, resize_crops
 from ..training.metrics import binary_metrics
 from ..training.train import (
     CropFeed,
     FitConfig,
     MapFeed,
+    ViewFeed,
     fit,
     freeze_early_stages,
     freeze_prefixes,
@@ -33,6 +34,7 @@ from ..training.train import (
     imagenet_lite0_state_dict,
     init_embedding_as_pooled_pca,
     init_trunks_from,
+    resolve_device,
     trained_trunk_state_dict,
     trunks_frozen,
 )
@@ -68,7 +70,15 @@ def add_fit_arguments(parser: argparse.ArgumentParser, *, lr: float, batch_size:
                         help="learning rate of the EfficientNet backbones (default: --lr)")
     parser.add_argument("--weight-decay", type=float, default=0.05)
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--bf16", action="store_true", help="CPU bfloat16 autocast")
+    parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
+    parser.add_argument("--low-res", type=int, default=None, metavar="PX",
+                        help="train the first --low-res-fraction of the schedule at PX (e.g. "
+                             "160), the rest at the model's own input size")
+    parser.add_argument("--low-res-fraction", type=float, default=0.7)
+    parser.add_argument("--device", default="auto",
+                        help="auto (the GPU when there is one), cpu, cuda, cuda:1, ...")
+    parser.add_argument("--no-class-balance", action="store_true",
+                        help="plain mean loss instead of weighting real and fake crops equally")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--limit", type=int, default=None,
                         help="use only the first N crops of each split (smoke tests)")
@@ -79,7 +89,8 @@ def fit_config(args: argparse.Namespace) -> FitConfig:
                      weight_decay=args.weight_decay,
                      epochs=args.epochs, minutes=args.minutes,
                      eval_every_minutes=args.eval_every_minutes, seed=args.seed,
-                     threads=args.threads, bf16=args.bf16)
+                     threads=args.threads, bf16=args.bf16, device=args.device,
+                     low_res=args.low_res, low_res_fraction=args.low_res_fraction)
 
 
 def run_train_teacher(args: argparse.Namespace) -> int:
@@ -119,7 +130,12 @@ def run_train_teacher(args: argparse.Namespace) -> int:
             log(f"small patch embedding = pooling + PCA ({kept:.1%} of the pooled variance)")
     else:
         train, val = CropFeed(train_crops, augment=Augment()), CropFeed(val_crops)
-    state = fit(model, train=train, train_targets={"label": train_labels}, val=val,
+    targets = {"label": train_labels}
+    if not args.no_class_balance:
+        targets["weight"] = class_balance_weights(train_labels)
+        log(f"class-balanced loss: {np.bincount(train_labels, minlength=2).tolist()} "
+            "real/fake crops weighted to equal totals")
+    state = fit(model, train=train, train_targets=targets, val=val,
                 val_labels=val_labels, out_dir=out, config=fit_config(args), frozen=frozen,
                 log=log)
     log(f"done: best val AUC {state.best_auc:.4f} after {state.seconds / 60:.1f} min, "
@@ -176,20 +192,24 @@ def run_distill(args: argparse.Namespace) -> int:
             "tensors from imagenet-lite0")
     frozen = freeze_early_stages(student, args.trainable_from_stage)
     targets = {"label": train_labels}
+    if not args.no_class_balance:
+        targets["weight"] = class_balance_weights(train_labels)
+    views = ViewFeed(train_crops, Augment(), views=args.views, seed=args.view_seed)
     if args.alpha < 1.0:
-        teacher = load_model(args.teacher)
-        targets["teacher_logit"] = cached_teacher_logits(
-            args.teacher, teacher, train_crops, Path(args.cache_dir), bf16=args.bf16)
-        teacher_auc = binary_metrics(train_labels, 1 / (1 + np.exp(-targets["teacher_logit"])))
-        log(f"teacher on the train crops: {json.dumps(teacher_auc)}")
+        teacher = load_model(args.teacher).to(resolve_device(args.device))
+        targets["teacher_logit"] = cached_view_logits(
+            args.teacher, teacher, views, Path(args.cache_dir), bf16=args.bf16, log=log)
+        teacher_auc = binary_metrics(np.repeat(train_labels, args.views),
+                                     1 / (1 + np.exp(-targets["teacher_logit"].ravel())))
+        log(f"teacher on the training views: {json.dumps(teacher_auc)}")
         loss_fn = partial(kd_loss_fn, alpha=args.alpha, temperature=args.temperature)
     else:  # the ablation: the same student and recipe without the teacher
         loss_fn = hard_loss
     log(f"{type(student).__name__}: {student.num_parameters():,} parameters; alpha={args.alpha} "
         f"T={args.temperature}")
     size = student.input_size
-    state = fit(student, train=CropFeed(resize_crops(train_crops, size), augment=Augment()),
-                train_targets=targets, val=CropFeed(resize_crops(val_crops, size)),
+    state = fit(student, train=views, train_targets=targets,
+                val=CropFeed(resize_crops(val_crops, size)),
                 val_labels=val_labels, out_dir=out,
                 config=fit_config(args), loss_fn=loss_fn, frozen=frozen, log=log)
     best = load_model(str(out / "best"))
@@ -197,7 +217,8 @@ def run_distill(args: argparse.Namespace) -> int:
     log(f"done: best student val {json.dumps(final)} after {state.seconds / 60:.1f} min")
     (out / "result.json").write_text(json.dumps(
         {"alpha": args.alpha, "temperature": args.temperature, "val": final,
-         "minutes": state.seconds / 60, "images": state.images}, indent=1))
+         "views": args.views, "seed": args.seed, "minutes": state.seconds / 60,
+         "images": state.images}, indent=1))
     return 0
 
 
@@ -211,6 +232,12 @@ def add_distill_cli(subparsers) -> None:
     parser.add_argument("--temperature", type=float, default=2.0,
                         help="softening of both logits (default 2; the sweep behind it is in "
                              "weights/student/README.md)")
+    parser.add_argument("--views", type=int, default=4,
+                        help="fixed augmented views per training crop; the teacher scores each "
+                             "once and the student learns its logit for the view it draws")
+    parser.add_argument("--view-seed", type=int, default=0,
+                        help="seed of the views (kept apart from --seed, so runs of several "
+                             "seeds and the no-teacher ablation see the same views)")
     parser.add_argument("--arch", choices=STUDENT_ARCHITECTURES, default="tiny-efficientnet")
     parser.add_argument("--init", choices=["imagenet-lite0", "none"], default="imagenet-lite0",
                         help="backbone initialisation of a tiny-efficientnet student")

@@ -21,9 +21,8 @@ import torch
 import torch.nn.functional as F
 
 from ..models import FaceClassifier
-from ..util import atomic_path, crop_sample_bytes
-from .backbone_cache import cached_trunk_maps
-from .train import CropFeed, MapFeed, feed_logits
+from ..util import atomic_path, crops_digest
+from .train import CropFeed, ViewFeed, feed_logits
 
 
 def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
@@ -45,40 +44,37 @@ def kd_loss_fn(logits, targets, *, alpha: float, temperature: float):
                              temperature=temperature)
 
 
-def teacher_logits(teacher: FaceClassifier, crops: np.ndarray, *, cache_dir: Path,
-                   bf16: bool = False) -> np.ndarray:
-    """The teacher's logit for each clean crop, computed once and reused for every epoch.
-
-    The student trains on augmented views of a crop (flip, small affine, colour, noise, JPEG)
-    against this clean-crop logit: those augmentations are meant to keep the real/fake
-    evidence, so the teacher's judgement of the clean crop stays a sound target, and running the
-    teacher on every augmented view would cost more than the whole student training. A teacher
-    with backbones runs from their cached maps (backbone_cache), which its own training with
-    frozen backbones has already computed: float16 maps move a logit by about 1e-3."""
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-        if teacher.trunks():
-            return feed_logits(teacher, MapFeed(cached_trunk_maps(teacher, crops,
-                                                                  cache_dir=cache_dir)))
-        return feed_logits(teacher, CropFeed(crops))
-
-
-def cached_teacher_logits(teacher_ref: str, teacher: FaceClassifier, crops: np.ndarray,
-                          cache_dir: Path, *, bf16: bool) -> np.ndarray:
-    """Teacher logits for a crop set, cached on disk by (teacher weights, crops)."""
-    folder_files = sorted(p for p in Path(teacher_ref).glob("*.safetensors")) \
-        if Path(teacher_ref).is_dir() else []
+def cached_view_logits(teacher_ref: str, teacher: FaceClassifier, views: ViewFeed,
+                       cache_dir: Path, *, bf16: bool = False, chunk: int = 2048,
+                       log=print) -> np.ndarray:
+    """The teacher's logit for every view of every crop, float32 [N, views.views]: the student's
+    targets for the very images it sees (function matching). Running the teacher on augmented
+    views, not on the clean crop, is the point: the augmentations (downscale, blur, JPEG, cut-out)
+    change what a crop shows, and a clean-crop logit would teach the student to be sure where the
+    teacher itself is not. Cached in chunks of `chunk` crops per view, keyed by the teacher's
+    weights, the crops and the views' recipe, so a killed run resumes at the chunk it was in."""
     digest = hashlib.sha1(str(teacher_ref).encode())
-    for path in folder_files:
+    folder = Path(teacher_ref)
+    for path in sorted(folder.glob("*.safetensors")) if folder.is_dir() else []:
         digest.update(f"{path.name}:{path.stat().st_size}:{path.stat().st_mtime_ns}".encode())
-    digest.update(f"{crops.shape}:{bf16}".encode())
-    digest.update(crop_sample_bytes(crops))
-    path = Path(cache_dir) / f"teacher-logits-{digest.hexdigest()[:16]}.npy"
-    if path.is_file():
-        return np.load(path)
-    logits = teacher_logits(teacher, crops, cache_dir=cache_dir, bf16=bf16)
-    with atomic_path(path) as tmp:  # a concurrent run never reads half a file
-        np.save(tmp, logits)
-    return logits
+    digest.update(f"{crops_digest(views.crops)}|{views.augment!r}|{views.seed}|{bf16}".encode())
+    folder = Path(cache_dir) / f"teacher-views-{digest.hexdigest()[:16]}"
+    folder.mkdir(parents=True, exist_ok=True)
+    out = np.empty((len(views), views.views), dtype=np.float32)
+    for k in range(views.views):
+        for start in range(0, len(views), chunk):
+            path = folder / f"view{k}-{start:07d}.npy"
+            if not path.is_file():
+                index = torch.arange(start, min(start + chunk, len(views)))
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                    images = views.images(index, torch.full_like(index, k))
+                    logits = feed_logits(teacher, CropFeed(images.permute(0, 2, 3, 1).numpy()))
+                with atomic_path(path) as tmp:  # never half a file
+                    np.save(tmp, logits)
+                log(f"teacher logits: view {k}, crops {start}-{start + len(index)} of "
+                    f"{len(views)}")
+            out[start:start + chunk, k] = np.load(path)
+    return out
 
 
 def resize_crops(crops: np.ndarray, size: int, *, batch_size: int = 512) -> np.ndarray:
@@ -93,3 +89,4 @@ def resize_crops(crops: np.ndarray, size: int, *, batch_size: int = 512) -> np.n
                           antialias=True, align_corners=False)
         out[start:start + batch_size] = x.round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()
     return out
+

@@ -37,3 +37,14 @@ def binary_metrics(labels, probs, *, threshold: float = 0.5) -> dict[str, float]
         "log_loss": float(-(labels * np.log(p) + (1 - labels) * np.log(1 - p)).mean()),
         "n": int(len(labels)),
     }
+
+
+def real_alarm_figures(labels, probs, *, thresholds) -> dict[str, float]:
+    """What a user with a real clip meets: the share of real crops called fake at each threshold,
+    and the mean fake probability of real crops."""
+    labels, probs = np.asarray(labels, dtype=int), np.asarray(probs, dtype=float)
+    real = probs[labels == 0]
+    figures = {f"reals_fake_at_{t:g}": float((real > t).mean()) if len(real) else float("nan")
+               for t in thresholds}
+    figures["reals_mean_p_fake"] = float(real.mean()) if len(real) else float("nan")
+    return figures
