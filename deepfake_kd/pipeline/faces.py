@@ -59,11 +59,24 @@ class FaceDetector:
     main face was found in 95 of 96 frames (94 before) and detection took 25% less time again
     (lynaeydofd 3.3 -> 2.4 s, brtujopkby 2.6 -> 2.1 s, yhffcuhhjy 1.3 -> 0.65 s); boxes move by
     a few pixels (median IoU 0.92 with the old ones), as MTCNN's do between pyramid scales.
+
+    Fewer full passes: MTCNN's costly first stage (P-Net over an image pyramid) runs only on
+    every `key_every`-th frame and the last. A frame between two of them whose faces pair up
+    (as many faces, each within `max_shift` face sizes per frame apart) is not searched: each
+    face's box is interpolated between the two, and MTCNN's second and third stage check it
+    (`refine_boxes` on a few shifted and scaled boxes around it), as they check the first
+    stage's candidates. Where faces appear or leave between two of them, where a face is not
+    confirmed, or where its box would move more than `max_move` face sizes from where it was
+    expected, the frame gets the full search. And once faces are found, the search stops at
+    faces `scale_share` times the smallest of them (not `min_face_px`): a 1080p close-up needs
+    none of the pyramid's finest, costliest levels. `detect(counts=...)` reports how many
+    frames were searched in full and how many were followed.
     """
 
     def __init__(self, *, detect_long_side: int = 640, min_prob: float = 0.9,
                  min_face_px: int = 64, crop_size: int = CROP_SIZE, batch_size: int = 8,
-                 max_shift: float = 0.75, device: str = "cpu"):
+                 max_shift: float = 0.75, key_every: int = 4, max_move: float = 0.5,
+                 scale_share: float = 0.5, device: str = "cpu"):
         self.mtcnn = MTCNN(keep_all=True, device=device)
         for net in (self.mtcnn.pnet, self.mtcnn.rnet, self.mtcnn.onet):
             to_channels_last(net)
@@ -73,59 +86,183 @@ class FaceDetector:
         self.crop_size = crop_size
         self.batch_size = batch_size
         self.max_shift = max_shift
+        self.key_every = key_every
+        self.max_move = max_move
+        self.scale_share = scale_share
 
     def detect(self, frames: Iterable[np.ndarray], *,
-               progress: Callable[[float], None] | None = None, total: int | None = None
-               ) -> list[list[Face]]:
+               progress: Callable[[float], None] | None = None, total: int | None = None,
+               counts: dict[str, int] | None = None) -> list[list[Face]]:
         """Faces per frame for equal-size uint8 RGB frames in time order, with track ids.
 
-        `frames` may be a list or any iterable, e.g. frames still being decoded: each batch goes
-        to MTCNN as soon as it is full. `total` (default: len(frames)) scales `progress`."""
+        `frames` may be a list or any iterable, e.g. frames still being decoded: each batch of
+        key frames goes to MTCNN as soon as it is full. `total` (default: len(frames)) scales
+        `progress`. `counts`, if given, receives `detected` (frames searched in full) and
+        `tracked` (frames whose faces were followed)."""
         if total is None and hasattr(frames, "__len__"):
             total = len(frames)
-        seen, batch, boxes, probs = [], [], [], []
+        counts = {} if counts is None else counts
+        counts.update(detected=0, tracked=0)
+        seen: list[np.ndarray] = []
+        found: dict[int, list[tuple[Box, float]]] = {}  # frame position -> (box, prob)
+        keys_done: list[int] = []
+        min_face: float | None = None  # search down to this face size (pixels); None: default
         for frame in itertools.chain(frames, [None]):
             if frame is not None:
                 seen.append(frame)
-                batch.append(frame)
-            if batch and (frame is None or len(batch) == self.batch_size):
-                batch_boxes, batch_probs = self.detect_boxes(batch)
-                boxes += batch_boxes
-                probs += batch_probs
-                batch = []
-                if progress:
-                    progress(min(1.0, len(seen) / max(total or len(seen), 1)))
-        frames = seen
+            keys = [i for i in key_positions(len(seen), self.key_every, last=frame is None)
+                    if i not in found]
+            # until a face sets the scale, each key frame is searched as soon as it arrives
+            if not keys or not (frame is None or min_face is None
+                                or len(keys) >= self.batch_size):
+                continue
+            self.search(seen, keys, found, min_face, counts)
+            keys_done += keys
+            if min_face is None:
+                sides = [box_side(box) for i in keys for box, _ in found[i]]
+                min_face = self.scale_share * min(sides) if sides else None
+            for p, q in zip(keys_done, keys_done[1:]):
+                self.fill_between(seen, p, q, found, min_face, counts)
+            if progress:
+                progress(min(1.0, len(found) / max(total or len(seen), 1)))
+        boxes = [[box for box, _ in found[i]] for i in range(len(seen))]
         tracks = assign_tracks(boxes, max_shift=self.max_shift)
         return [[Face(box=box, prob=prob, track_id=track,
                       crop=square_crop(frame, box, size=self.crop_size))
-                 for box, prob, track in zip(frame_boxes, frame_probs, frame_tracks)]
-                for frame, frame_boxes, frame_probs, frame_tracks
-                in zip(frames, boxes, probs, tracks)]
+                 for (box, prob), track in zip(found[i], frame_tracks)]
+                for i, (frame, frame_tracks) in enumerate(zip(seen, tracks))]
 
-    def detect_boxes(self, frames: Sequence[np.ndarray]
+    def search(self, frames: Sequence[np.ndarray], positions: Sequence[int],
+               found: dict[int, list[tuple[Box, float]]], min_face: float | None,
+               counts: dict[str, int]) -> None:
+        """Full MTCNN on the frames at `positions`, `batch_size` at a time."""
+        for start in range(0, len(positions), self.batch_size):
+            chunk = positions[start:start + self.batch_size]
+            boxes, probs = self.detect_boxes([frames[i] for i in chunk], min_face=min_face)
+            for i, frame_boxes, frame_probs in zip(chunk, boxes, probs):
+                found[i] = list(zip(frame_boxes, frame_probs))
+            counts["detected"] += len(chunk)
+
+    def fill_between(self, frames: Sequence[np.ndarray], p: int, q: int,
+                     found: dict[int, list[tuple[Box, float]]], min_face: float | None,
+                     counts: dict[str, int]) -> None:
+        """Faces of the frames between searched frames p and q: followed where the faces at
+        both ends pair up, searched in full where they do not or a face is lost."""
+        inner = [j for j in range(p + 1, q) if j not in found]
+        if not inner:
+            return
+        pairs = pair_up(found[p], found[q], max_shift=self.max_shift * (q - p))
+        lost = inner
+        if pairs is not None:
+            expected = [[interpolate(a, b, (j - p) / (q - p)) for a, b in pairs] for j in inner]
+            followed = self.follow([frames[j] for j in inner], expected) if pairs else \
+                [[] for _ in inner]  # nobody at either end: nobody between
+            lost = [j for j, faces in zip(inner, followed) if faces is None]
+            for j, faces in zip(inner, followed):
+                if faces is not None:
+                    found[j] = faces
+            counts["tracked"] += len(inner) - len(lost)
+        if lost:
+            self.search(frames, lost, found, min_face, counts)
+
+    def follow(self, frames: Sequence[np.ndarray], expected: Sequence[Sequence[Box]]
+               ) -> list[list[tuple[Box, float]] | None]:
+        """Per frame, the faces MTCNN's later stages confirm near the `expected` boxes, in
+        their order; None for a frame where one of them is not confirmed or moved too far."""
+        scale, small = self.shrink(frames)
+        candidates = [[tuple(v * scale for v in box) for face in boxes for box in around(face)]
+                      for boxes in expected]
+        out: list[list[tuple[Box, float]] | None] = []
+        for boxes, (got, probs) in zip(expected, refine_boxes(small, candidates, self.mtcnn)):
+            kept = self.keep(got, probs, scale)
+            faces: list[tuple[Box, float]] | None = []
+            for box in boxes:
+                near = [(box_distance(box, k[0]), n) for n, k in enumerate(kept)
+                        if size_ratio(box, k[0]) <= 1 + self.max_move]
+                distance, n = min(near, default=(np.inf, -1))
+                if distance > self.max_move:
+                    faces = None
+                    break
+                faces.append(kept.pop(n))
+            out.append(faces)
+        return out
+
+    def detect_boxes(self, frames: Sequence[np.ndarray], *, min_face: float | None = None
                      ) -> tuple[list[list[Box]], list[list[float]]]:
-        """Kept boxes (in the frames' pixels) and probabilities, per frame of one batch."""
-        height, width = frames[0].shape[:2]
-        scale = min(1.0, self.detect_long_side / max(height, width))
-        size = (round(width * scale), round(height * scale))
+        """Kept boxes (in the frames' pixels) and probabilities, per frame of one batch.
+        `min_face`: search no smaller faces than this (pixels of the frames), if larger than
+        `min_face_px`."""
+        scale, small = self.shrink(frames)
         # MTCNN searches faces down to this size (pixels of the shrunk frame): no smaller than
         # the faces kept, nor than MTCNN's own 20 px.
-        min_face_size = max(self.mtcnn.min_face_size, self.min_face_px * scale)
-        if min(size) < min_face_size:  # no room for a face; MTCNN would fail
+        min_face_size = max(self.mtcnn.min_face_size,
+                            max(self.min_face_px, min_face or 0) * scale)
+        if min(small.shape[1:3]) < min_face_size:  # no room for a face; MTCNN would fail
             return [[] for _ in frames], [[] for _ in frames]
-        small = np.stack([cv2.resize(f, size, interpolation=cv2.INTER_AREA) if scale < 1 else f
-                          for f in frames])
         boxes, probs = [], []
         for frame_boxes, frame_probs in detect_face_fast(small, self.mtcnn,
                                                          min_face_size=min_face_size):
-            kept = [(tuple(float(v) / scale for v in box), float(prob))
-                    for box, prob in zip(frame_boxes, frame_probs)]
-            kept = [(box, prob) for box, prob in kept if prob >= self.min_prob
-                    and max(box[2] - box[0], box[3] - box[1]) >= self.min_face_px]
+            kept = self.keep(frame_boxes, frame_probs, scale)
             boxes.append([box for box, _ in kept])
             probs.append([prob for _, prob in kept])
         return boxes, probs
+
+    def shrink(self, frames: Sequence[np.ndarray]) -> tuple[float, np.ndarray]:
+        """(scale, the frames shrunk to `detect_long_side` as one batch)."""
+        height, width = frames[0].shape[:2]
+        scale = min(1.0, self.detect_long_side / max(height, width))
+        size = (round(width * scale), round(height * scale))
+        return scale, np.stack([cv2.resize(f, size, interpolation=cv2.INTER_AREA)
+                                if scale < 1 else f for f in frames])
+
+    def keep(self, boxes: np.ndarray, probs: np.ndarray, scale: float
+             ) -> list[tuple[Box, float]]:
+        """MTCNN's boxes at the detection scale -> (box in the frame's pixels, prob), without
+        weak detections and faces too small to classify."""
+        kept = [(tuple(float(v) / scale for v in box), float(prob))
+                for box, prob in zip(boxes, probs)]
+        return [(box, prob) for box, prob in kept if prob >= self.min_prob
+                and max(box[2] - box[0], box[3] - box[1]) >= self.min_face_px]
+
+
+def key_positions(count: int, every: int, *, last: bool) -> list[int]:
+    """Frames searched in full among `count`: every `every`-th, and the last once it is known."""
+    keys = list(range(0, count, every))
+    if last and count and (count - 1) % every:
+        keys.append(count - 1)
+    return keys
+
+
+def pair_up(a: Sequence[tuple[Box, float]], b: Sequence[tuple[Box, float]], *,
+            max_shift: float) -> list[tuple[Box, Box]] | None:
+    """The faces of two frames paired, closest first, or None unless every face has a partner
+    at most `max_shift` face sizes away and of a similar size."""
+    if len(a) != len(b):
+        return None
+    pairs = sorted((box_distance(x, y), i, j) for i, (x, _) in enumerate(a)
+                   for j, (y, _) in enumerate(b) if size_ratio(x, y) <= 2.0)
+    taken_a, taken_b, out = set(), set(), []
+    for distance, i, j in pairs:
+        if distance <= max_shift and i not in taken_a and j not in taken_b:
+            taken_a.add(i)
+            taken_b.add(j)
+            out.append((a[i][0], b[j][0]))
+    return out if len(out) == len(a) else None
+
+
+def interpolate(a: Box, b: Box, t: float) -> Box:
+    return tuple(x + (y - x) * t for x, y in zip(a, b))
+
+
+def around(box: Box, shifts=(-0.1, 0.0, 0.1), sides=(0.9, 1.0, 1.15)) -> list[Box]:
+    """Square boxes near `box` (centre moved by up to a tenth of its size, side scaled), for
+    MTCNN's later stages to regress onto the face: they correct a box that is near, not one
+    that is far."""
+    side = box_side(box)
+    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+    return [(cx + dx * side - f * side / 2, cy + dy * side - f * side / 2,
+             cx + dx * side + f * side / 2, cy + dy * side + f * side / 2)
+            for dx in shifts for dy in shifts for f in sides]
 
 
 def square_crop(frame: np.ndarray, box: Box, *, size: int = CROP_SIZE) -> np.ndarray:
@@ -275,69 +412,97 @@ def detect_face_fast(frames: np.ndarray, mtcnn: MTCNN, *, min_face_size: float |
     stage are resampled all at once (`resample_boxes`) rather than one interpolate call per box
     (about 200 boxes per 1080p frame, a third of the detection time). Boxes come largest first,
     as MTCNN(select_largest=True) returns them."""
-    pnet, rnet, onet = mtcnn.pnet, mtcnn.rnet, mtcnn.onet
-    threshold = mtcnn.thresholds
     frames = np.ascontiguousarray(frames)
-    batch_size, h, w = frames.shape[:3]
     with torch.inference_mode():
         integral = integral_images(frames)
-        m = 12.0 / (min_face_size or mtcnn.min_face_size)
-        minl = min(h, w) * m
-        scales, scale_i = [], m
-        while minl >= 12:
-            scales.append(scale_i)
-            scale_i *= mtcnn.factor
-            minl *= mtcnn.factor
-        if not scales:  # frames smaller than the smallest face searched for
-            return [(np.zeros((0, 4), np.float32), np.zeros(0, np.float32))] * batch_size
+        boxes, image_inds = propose(integral, frames.shape, mtcnn, min_face_size)
+        return refine(integral, frames.shape, boxes, image_inds, mtcnn)
 
-        boxes, image_inds, scale_picks, offset = [], [], [], 0
-        for scale in scales:
-            im_data = resample_frames(integral, (h + 1, w + 1),
-                                      (int(h * scale + 1), int(w * scale + 1)))
-            reg, probs = pnet((im_data - 127.5) * 0.0078125)
-            boxes_scale, image_inds_scale = generateBoundingBox(reg, probs[:, 1], scale,
-                                                                threshold[0])
-            boxes.append(boxes_scale)
-            image_inds.append(image_inds_scale)
-            pick = batched_nms(boxes_scale[:, :4], boxes_scale[:, 4], image_inds_scale, 0.5)
-            scale_picks.append(pick + offset)
-            offset += boxes_scale.shape[0]
-        boxes, image_inds = torch.cat(boxes), torch.cat(image_inds)
-        scale_picks = torch.cat(scale_picks)
-        boxes, image_inds = boxes[scale_picks], image_inds[scale_picks]
-        pick = batched_nms(boxes[:, :4], boxes[:, 4], image_inds, 0.7)
-        boxes, image_inds = boxes[pick], image_inds[pick]
-        regw, regh = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
-        boxes = torch.stack([boxes[:, 0] + boxes[:, 5] * regw, boxes[:, 1] + boxes[:, 6] * regh,
-                             boxes[:, 2] + boxes[:, 7] * regw, boxes[:, 3] + boxes[:, 8] * regh,
-                             boxes[:, 4]]).permute(1, 0)
-        boxes = rerec(boxes)
 
-        for stage, (net, size) in enumerate(((rnet, 24), (onet, 48)), start=1):
-            if len(boxes) == 0:
-                break
-            y, ey, x, ex = pad(boxes, w, h)
-            inside = torch.from_numpy((ey > y - 1) & (ex > x - 1))
-            if not bool(inside.all()):  # a box wholly outside the frame: nothing to resample
-                boxes, image_inds = boxes[inside], image_inds[inside]
-                y, ey, x, ex = (v[inside.numpy()] for v in (y, ey, x, ex))
-            im_data = resample_boxes(integral, (h + 1, w + 1), image_inds, y, ey, x, ex, size)
-            im_data = (im_data - 127.5) * 0.0078125
-            out = [torch.cat(parts) for parts in zip(*(net(im_data[i:i + 512])
-                                                       for i in range(0, len(im_data), 512)))]
-            reg, score = out[0], out[-1][:, 1]
-            ipass = score > threshold[stage]
-            boxes = torch.cat((boxes[ipass, :4], score[ipass].unsqueeze(1)), dim=1)
-            image_inds, reg = image_inds[ipass], reg[ipass]
-            if stage == 1:
-                pick = batched_nms(boxes[:, :4], boxes[:, 4], image_inds, 0.7)
-                boxes = rerec(bbreg(boxes[pick], reg[pick]))
-                image_inds = image_inds[pick]
-            else:
-                boxes = bbreg(boxes, reg)
-                pick = batched_nms_numpy(boxes[:, :4], boxes[:, 4], image_inds, 0.7, "Min")
-                boxes, image_inds = boxes[pick], image_inds[pick]
+def refine_boxes(frames: np.ndarray, candidates: Sequence[Sequence[Box]], mtcnn: MTCNN
+                 ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """MTCNN's second and third stage (R-Net, O-Net, with their thresholds, box regression and
+    merging) on given candidate boxes instead of the first stage's: (boxes, probabilities) per
+    frame of the batch, as `detect_face_fast` returns them. A face near a candidate comes out
+    with the box and probability the full detector would give it; no face, no box."""
+    frames = np.ascontiguousarray(frames)
+    rows = [(*box, 1.0) for frame_boxes in candidates for box in frame_boxes]
+    inds = [b for b, frame_boxes in enumerate(candidates) for _ in frame_boxes]
+    with torch.inference_mode():
+        boxes = rerec(torch.tensor(rows, dtype=torch.float32).reshape(-1, 5))
+        return refine(integral_images(frames), frames.shape, boxes,
+                      torch.tensor(inds, dtype=torch.int64), mtcnn)
+
+
+def propose(integral: torch.Tensor, shape: tuple[int, ...], mtcnn: MTCNN,
+            min_face_size: float | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """MTCNN's first stage: P-Net over the image pyramid down from faces of `min_face_size`,
+    merged, regressed and squared; (boxes [n, 5] with scores, frame of each box)."""
+    batch_size, h, w = shape[:3]
+    m = 12.0 / (min_face_size or mtcnn.min_face_size)
+    minl = min(h, w) * m
+    scales, scale_i = [], m
+    while minl >= 12:
+        scales.append(scale_i)
+        scale_i *= mtcnn.factor
+        minl *= mtcnn.factor
+    if not scales:  # frames smaller than the smallest face searched for
+        return torch.zeros((0, 5)), torch.zeros(0, dtype=torch.int64)
+
+    boxes, image_inds, scale_picks, offset = [], [], [], 0
+    for scale in scales:
+        im_data = resample_frames(integral, (h + 1, w + 1),
+                                  (int(h * scale + 1), int(w * scale + 1)))
+        reg, probs = mtcnn.pnet((im_data - 127.5) * 0.0078125)
+        boxes_scale, image_inds_scale = generateBoundingBox(reg, probs[:, 1], scale,
+                                                            mtcnn.thresholds[0])
+        boxes.append(boxes_scale)
+        image_inds.append(image_inds_scale)
+        pick = batched_nms(boxes_scale[:, :4], boxes_scale[:, 4], image_inds_scale, 0.5)
+        scale_picks.append(pick + offset)
+        offset += boxes_scale.shape[0]
+    boxes, image_inds = torch.cat(boxes), torch.cat(image_inds)
+    scale_picks = torch.cat(scale_picks)
+    boxes, image_inds = boxes[scale_picks], image_inds[scale_picks]
+    pick = batched_nms(boxes[:, :4], boxes[:, 4], image_inds, 0.7)
+    boxes, image_inds = boxes[pick], image_inds[pick]
+    regw, regh = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    boxes = torch.stack([boxes[:, 0] + boxes[:, 5] * regw, boxes[:, 1] + boxes[:, 6] * regh,
+                         boxes[:, 2] + boxes[:, 7] * regw, boxes[:, 3] + boxes[:, 8] * regh,
+                         boxes[:, 4]]).permute(1, 0)
+    return rerec(boxes), image_inds
+
+
+def refine(integral: torch.Tensor, shape: tuple[int, ...], boxes: torch.Tensor,
+           image_inds: torch.Tensor, mtcnn: MTCNN) -> list[tuple[np.ndarray, np.ndarray]]:
+    """MTCNN's second and third stage on candidate boxes [n, 5]; per frame (boxes, probs),
+    largest first."""
+    batch_size, h, w = shape[:3]
+    threshold = mtcnn.thresholds
+    for stage, (net, size) in enumerate(((mtcnn.rnet, 24), (mtcnn.onet, 48)), start=1):
+        if len(boxes) == 0:
+            break
+        y, ey, x, ex = pad(boxes, w, h)
+        inside = torch.from_numpy((ey > y - 1) & (ex > x - 1))
+        if not bool(inside.all()):  # a box wholly outside the frame: nothing to resample
+            boxes, image_inds = boxes[inside], image_inds[inside]
+            y, ey, x, ex = (v[inside.numpy()] for v in (y, ey, x, ex))
+        im_data = resample_boxes(integral, (h + 1, w + 1), image_inds, y, ey, x, ex, size)
+        im_data = (im_data - 127.5) * 0.0078125
+        out = [torch.cat(parts) for parts in zip(*(net(im_data[i:i + 512])
+                                                   for i in range(0, len(im_data), 512)))]
+        reg, score = out[0], out[-1][:, 1]
+        ipass = score > threshold[stage]
+        boxes = torch.cat((boxes[ipass, :4], score[ipass].unsqueeze(1)), dim=1)
+        image_inds, reg = image_inds[ipass], reg[ipass]
+        if stage == 1:
+            pick = batched_nms(boxes[:, :4], boxes[:, 4], image_inds, 0.7)
+            boxes = rerec(bbreg(boxes[pick], reg[pick]))
+            image_inds = image_inds[pick]
+        else:
+            boxes = bbreg(boxes, reg)
+            pick = batched_nms_numpy(boxes[:, :4], boxes[:, 4], image_inds, 0.7, "Min")
+            boxes, image_inds = boxes[pick], image_inds[pick]
 
     boxes, image_inds = boxes.numpy(), image_inds.numpy()
     out = []
