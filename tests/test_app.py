@@ -149,6 +149,23 @@ def test_progress_goes_through_sampling_detection_and_each_model(progress_log):
         assert stage in stages
 
 
+def test_the_student_answers_first_and_the_teacher_completes_the_page(analyzer, face_clip):
+    """The handler yields the page twice: the student's answer while the teacher still
+    scores, then everything (the JSON only then)."""
+    first, final = analyzer.reports(str(face_clip), 12, 0.55)
+    assert list(first.result.models) == ["student"] and first.json_path is None
+    assert "SCORING…" in first.panels["teacher"] and "still scoring" in first.panels["teacher"]
+    student = first.result.models["student"]
+    assert f"**{student.video_prob:.3f}** (threshold 0.55)" in first.panels["student"]
+    assert "The teacher is still scoring" in first.summary and "faster" not in first.summary
+    assert [name for name in traces(first.probability) if name in ROLES] == ["student"]
+    assert all(set(face.probs) == {"student"} for face in first.result.faces)
+    assert list(final.result.models) == list(ROLES)  # the order given, not the order scored
+    assert final.result.models["student"] == student  # the same scores, not scored again
+    assert final.json_path.is_file() and "SCORING" not in final.panels["teacher"]
+    assert "still scoring" not in final.summary
+
+
 def test_several_people_give_one_trace_per_model_and_face(analyzer, examples):
     report = analyzer.analyze(str(examples[1]), 6, 0.55)  # two people; the second from 1 s
     by_name = traces(report.probability)
@@ -333,6 +350,22 @@ def test_served_app_answers_gradio_client_and_survives_a_bad_upload(server, face
         client.predict(handle_file(str(not_video)), 6, 0.55, api_name="/analyze")
     again = client.predict(handle_file(str(face_clip)), 4, 0.55, api_name="/analyze")
     assert len(json.loads(Path(again[-1]).read_text())["frames"]) == 4
+
+
+def test_served_endpoint_yields_the_student_before_the_teacher(server, face_clip, tmp_path):
+    client = Client(server, verbose=False, download_files=str(tmp_path))
+    job = client.submit(handle_file(str(face_clip)), 6, 0.55, api_name="/analyze")
+    final = job.result(timeout=240)
+    updates = job.outputs()
+    assert len(updates) == 2 and tuple(updates[-1]) == tuple(final)
+    summary, teacher, student, probability, _, _, json_file = updates[0]
+    assert "SCORING…" in teacher and "still scoring" in summary and json_file is None
+    assert "Fake probability (clip):** **" in student
+    figure = json.loads(probability["plot"])
+    assert [trace["name"] for trace in figure["data"] if trace["name"] in ROLES] == ["student"]
+    data = json.loads(Path(final[-1]).read_text())  # the API result: complete
+    assert set(data["models"]) == set(ROLES)
+    assert f"{data['models']['student']['video_prob']:.3f}" in student
 
 
 def test_in_a_real_browser(server, examples, tmp_path):

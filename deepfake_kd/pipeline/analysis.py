@@ -1,10 +1,11 @@
 """The one analysis: clip -> sampled frames -> faces and tracks -> each model's scores -> verdict.
 
 Faces are detected once and the same crops go to every model; each model preprocesses them
-itself. The verdict follows the reference rule of Cross Efficient ViT: a face track's score is
-the mean fake probability of its faces, and the clip is fake if any track's mean exceeds the
-threshold (0.55). The CLI (`tools.analyze`) and the app (`serving`) only render the
-`AnalysisResult`.
+itself. Models score smallest first, and `analysis_steps` hands out the result after each one,
+so a caller can show the student's answer while the teacher is still scoring. The verdict
+follows the reference rule of Cross Efficient ViT: a face track's score is the mean fake
+probability of its faces, and the clip is fake if any track's mean exceeds the threshold (0.55).
+The CLI (`tools.analyze`) and the app (`serving`) only render the `AnalysisResult`.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Callable, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -83,8 +84,11 @@ class AnalysisResult:
     frames: list[SampledFrame]
     tracks: list[Track]
     faces: list[FaceScore]
-    models: dict[str, ModelResult]
+    models: dict[str, ModelResult]  # every model once complete; those scored so far before
     timings_ms: dict[str, float]  # sampling, detection, frames_and_faces (both, overlapped)
+    # frames decoded to reach the sampled ones; sampled frames searched by full MTCNN, and
+    # those whose faces were followed from the searched ones (see FaceDetector)
+    work: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         """Plain JSON-ready data: everything but the crop pixels."""
@@ -104,13 +108,23 @@ def plain(value):
     return value
 
 
-def analyze_video(path: str | Path, models: Mapping[str, FaceClassifier], *,
-                  num_frames: int = 32, threshold: float = DEFAULT_THRESHOLD,
-                  detector: FaceDetector | None = None, limits: Limits = Limits(),
-                  sources: Mapping[str, str] | None = None, min_track_share: float = 0.2,
-                  progress: Callable[[float, str], None] | None = None,
-                  overlap: bool = False) -> AnalysisResult:
-    """Analyse one clip with every model in `models` (name -> model) on the same face crops.
+def analyze_video(path: str | Path, models: Mapping[str, FaceClassifier], **options
+                  ) -> AnalysisResult:
+    """Analyse one clip with every model in `models` (name -> model) on the same face crops:
+    the last, complete result of `analysis_steps` (same options)."""
+    *_, result = analysis_steps(path, models, **options)
+    return result
+
+
+def analysis_steps(path: str | Path, models: Mapping[str, FaceClassifier], *,
+                   num_frames: int = 32, threshold: float = DEFAULT_THRESHOLD,
+                   detector: FaceDetector | None = None, limits: Limits = Limits(),
+                   sources: Mapping[str, str] | None = None, min_track_share: float = 0.2,
+                   progress: Callable[[float, str], None] | None = None,
+                   overlap: bool = False) -> Iterator[AnalysisResult]:
+    """The result once each model has scored, models in order of size (smallest first: the
+    quickest answer comes first); the last one is complete. Each lists the models scored so
+    far in the order of `models`, and faces with their scores.
 
     Pass a `detector` to reuse one MTCNN across calls (an app builds it once); without one,
     this call builds its own. `sources` names where each model's weights came from (shown in
@@ -123,7 +137,7 @@ def analyze_video(path: str | Path, models: Mapping[str, FaceClassifier], *,
     report = progress or (lambda fraction, description: None)
     detector = detector or FaceDetector()
     report(0.0, "Sampling frames")
-    video, faces_per_frame, timings_ms = frames_and_faces(
+    video, faces_per_frame, timings_ms, work = frames_and_faces(
         path, num_frames=num_frames, limits=limits, detector=detector, overlap=overlap,
         progress=lambda f: report(0.6 * f, "Detecting faces" if f else "Sampling frames"))
 
@@ -132,36 +146,43 @@ def analyze_video(path: str | Path, models: Mapping[str, FaceClassifier], *,
     tracks = summarize_tracks(faces, timestamps=video.timestamps, min_share=min_track_share)
     counted = {t.track_id for t in tracks if t.counted}
     results, probs = {}, {}
-    for k, (name, model) in enumerate(models.items()):
+    order = sorted(models, key=lambda name: models[name].num_parameters())
+    for k, name in enumerate(order):
+        model = models[name]
         report(0.6 + 0.4 * k / len(models), f"Scoring faces: {name}")
         probs[name], seconds = score_crops(model, crops) if faces else ([], 0.0)
         results[name] = model_result(
             name, model, probs=probs[name], track_ids=[face.track_id for _, face in faces],
             counted=counted, seconds=seconds, threshold=threshold,
             source=(sources or {}).get(name, "in memory"))
-    report(1.0, "Done")
-    return AnalysisResult(
-        path=video.path, fps=video.fps, width=video.width, height=video.height,
-        duration=video.duration, frame_count=video.frame_count, failed_frames=video.failed,
-        threshold=threshold, no_face=not faces,
-        frames=[SampledFrame(index=index, timestamp=timestamp, num_faces=len(frame_faces))
-                for index, timestamp, frame_faces
-                in zip(video.indices, video.timestamps, faces_per_frame)],
-        tracks=tracks,
-        faces=[FaceScore(frame_index=video.indices[i], timestamp=video.timestamps[i],
-                         track_id=face.track_id, box=tuple(v / video.scale for v in face.box),
-                         detection_prob=face.prob, crop=face.crop,
-                         probs={name: float(p[j]) for name, p in probs.items()})
-               for j, (i, face) in enumerate(faces)],
-        models=results, timings_ms=timings_ms)
+        if k + 1 == len(order):
+            report(1.0, "Done")
+        scored = [name for name in models if name in results]  # in the order given
+        yield AnalysisResult(
+            path=video.path, fps=video.fps, width=video.width, height=video.height,
+            duration=video.duration, frame_count=video.frame_count, failed_frames=video.failed,
+            threshold=threshold, no_face=not faces,
+            frames=[SampledFrame(index=index, timestamp=timestamp, num_faces=len(frame_faces))
+                    for index, timestamp, frame_faces
+                    in zip(video.indices, video.timestamps, faces_per_frame)],
+            tracks=tracks,
+            faces=[FaceScore(frame_index=video.indices[i], timestamp=video.timestamps[i],
+                             track_id=face.track_id,
+                             box=tuple(v / video.scale for v in face.box),
+                             detection_prob=face.prob, crop=face.crop,
+                             probs={name: float(probs[name][j]) for name in scored})
+                   for j, (i, face) in enumerate(faces)],
+            models={name: results[name] for name in scored}, timings_ms=timings_ms,
+            work=work)
 
 
 def frames_and_faces(path: str | Path, *, num_frames: int, limits: Limits,
                      detector: FaceDetector, overlap: bool = False,
                      progress: Callable[[float], None] = lambda fraction: None
-                     ) -> tuple[SampledVideo, list[list[Face]], dict[str, float]]:
-    """Sampled frames, faces per frame, and timings: `sampling` (decoding, wall time),
-    `detection` (time spent detecting) and `frames_and_faces` (wall time of both).
+                     ) -> tuple[SampledVideo, list[list[Face]], dict[str, float], dict[str, int]]:
+    """Sampled frames, faces per frame, timings: `sampling` (decoding, wall time),
+    `detection` (time spent detecting) and `frames_and_faces` (wall time of both), and the work
+    done: frames decoded, frames searched and followed by the detector.
 
     With `overlap`, frames decode in a background thread while MTCNN runs on the batches
     already decoded (the decoder releases the GIL), so on two or more idle cores the two stages
@@ -170,14 +191,16 @@ def frames_and_faces(path: str | Path, *, num_frames: int, limits: Limits,
     clips: 24.2 s sequential, 24.6 s overlapped, interleaved); measure it on an idle machine with
     `bench --overlap` before turning it on."""
     start = time.perf_counter()
+    counts: dict[str, int] = {}
     if not overlap:
         video = sample_frames(path, num_frames=num_frames, limits=limits)
         sampled = time.perf_counter()
-        faces = detector.detect(video.frames, progress=progress)
+        faces = detector.detect(video.frames, progress=progress, counts=counts)
         done = time.perf_counter()
         return video, faces, {"sampling": 1000 * (sampled - start),
                               "detection": 1000 * (done - sampled),
-                              "frames_and_faces": 1000 * (done - start)}
+                              "frames_and_faces": 1000 * (done - start)}, \
+            work_done(video, counts)
     decoded: queue.SimpleQueue = queue.SimpleQueue()
     end = object()
     waited = 0.0
@@ -201,12 +224,17 @@ def frames_and_faces(path: str | Path, *, num_frames: int, limits: Limits,
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode") as pool:
         decoding = pool.submit(decode)
-        faces = detector.detect(stream(), progress=progress, total=num_frames)
+        faces = detector.detect(stream(), progress=progress, total=num_frames, counts=counts)
         video, sampled = decoding.result()  # raises what decoding raised (VideoError, ...)
     done = time.perf_counter()
     return video, faces, {"sampling": 1000 * (sampled - start),
                           "detection": 1000 * (done - start - waited),
-                          "frames_and_faces": 1000 * (done - start)}
+                          "frames_and_faces": 1000 * (done - start)}, work_done(video, counts)
+
+
+def work_done(video: SampledVideo, counts: dict[str, int]) -> dict[str, int]:
+    return {"frames_decoded": video.decoded, "frames_searched": counts["detected"],
+            "frames_followed": counts["tracked"]}
 
 
 def score_crops(model: FaceClassifier, crops: np.ndarray) -> tuple[list[float], float]:

@@ -1,7 +1,9 @@
 """What one request does, testable without a server.
 
 `Analyzer` turns one request (upload, number of frames, threshold) into the page: the texts
-(`texts`), the two figures (`plots`), the gallery of face crops and the JSON file. Every failure
+(`texts`), the two figures (`plots`), the gallery of face crops and the JSON file. The page is
+rendered twice: once the student has scored (the teacher's panel says it is still scoring),
+then complete, with the JSON file. Every failure
 a person can fix becomes a `gr.Error` with a message meant for them, and the next request is
 served normally. `refuse_links` keeps the clip input to uploads.
 """
@@ -17,7 +19,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import gradio as gr
 import numpy as np
@@ -26,7 +28,7 @@ from gradio_client.utils import is_http_url_like
 
 from ..errors import DeepfakeKDError
 from ..limits import AppLimits
-from ..pipeline.analysis import AnalysisResult, analyze_video
+from ..pipeline.analysis import AnalysisResult, analysis_steps
 from ..pipeline.faces import FaceDetector
 from ..roles import ROLES
 from ..util import write_atomically
@@ -39,7 +41,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Report:
-    """Everything the page shows for one analysed clip."""
+    """Everything the page shows for one analysed clip, or for the models scored so far."""
 
     result: AnalysisResult
     summary: str
@@ -47,12 +49,13 @@ class Report:
     probability: go.Figure
     cost: go.Figure
     gallery: list[tuple[np.ndarray, str]]  # (crop, caption)
-    json_path: Path
+    json_path: Path | None  # None until every model has scored
 
     def outputs(self) -> tuple:
         """In the order of `Analyzer.OUTPUTS` (app.py wires the components in that order)."""
         values = {"summary": self.summary, "probability": self.probability, "cost": self.cost,
-                  "gallery": self.gallery, "json": str(self.json_path),
+                  "gallery": self.gallery,
+                  "json": str(self.json_path) if self.json_path else None,
                   **{f"panel_{role}": text for role, text in self.panels.items()}}
         return tuple(values[name] for name in Analyzer.OUTPUTS)
 
@@ -77,16 +80,25 @@ class Analyzer:
         self.limits = limits
         self.results_dir = Path(results_dir or results_folder())
 
-    def handle(self, video, num_frames, threshold, progress=gr.Progress()) -> tuple:
-        """The Analyze button: the page's outputs, in the order of `OUTPUTS`."""
-        report = self.analyze(video, num_frames, threshold,
-                              progress=lambda fraction, text: progress(fraction, desc=text))
-        return report.outputs()
+    def handle(self, video, num_frames, threshold, progress=gr.Progress()) -> Iterator[tuple]:
+        """The Analyze button: the page's outputs, in the order of `OUTPUTS`, as soon as the
+        student has scored, then complete (a generator: Gradio shows each as it comes; an API
+        client's result is the last)."""
+        for report in self.reports(video, num_frames, threshold,
+                                   progress=lambda fraction, text: progress(fraction, desc=text)):
+            yield report.outputs()
 
     def analyze(self, video, num_frames, threshold,
                 progress: Callable[[float, str], None] | None = None) -> Report:
-        """Check the request, analyse the clip, render the result; raises `gr.Error` with a
-        message for people on anything a person can fix, and on anything unexpected."""
+        """The complete report of one request (the last of `reports`)."""
+        *_, report = self.reports(video, num_frames, threshold, progress=progress)
+        return report
+
+    def reports(self, video, num_frames, threshold,
+                progress: Callable[[float, str], None] | None = None) -> Iterator[Report]:
+        """Check the request, analyse the clip, render the result after each model (smallest
+        first); raises `gr.Error` with a message for people on anything a person can fix, and
+        on anything unexpected."""
         if not self.app_models.ready:
             raise UserError(not_ready_message(self.app_models))
         path = check_upload(video)
@@ -96,27 +108,33 @@ class Analyzer:
                             "again.")
         frames = check_frames(num_frames, self.limits.analysis.max_frames)
         threshold = check_threshold(threshold)
-        try:
-            result = analyze_video(path, self.app_models.models, num_frames=frames,
-                                   threshold=threshold, detector=self.detector,
-                                   limits=self.limits.analysis, sources=self.app_models.sources,
-                                   progress=progress)
-        except DeepfakeKDError as exc:
-            raise UserError(str(exc)) from None
-        except Exception as exc:  # a bug or a file no check foresaw: log it, tell the person
-            log.exception("analysis of %s failed", path)
-            raise UserError(f"{path.name}: the analysis failed unexpectedly "
-                            f"({type(exc).__name__}). Try another clip, or re-encode this one "
-                            "as H.264 MP4.") from None
-        return self.render(result)
+        steps = analysis_steps(path, self.app_models.models, num_frames=frames,
+                               threshold=threshold, detector=self.detector,
+                               limits=self.limits.analysis, sources=self.app_models.sources,
+                               progress=progress)
+        while True:
+            try:
+                result = next(steps)
+            except StopIteration:
+                return
+            except DeepfakeKDError as exc:
+                raise UserError(str(exc)) from None
+            except Exception as exc:  # a bug or a file no check foresaw: log it, tell the person
+                log.exception("analysis of %s failed", path)
+                raise UserError(f"{path.name}: the analysis failed unexpectedly "
+                                f"({type(exc).__name__}). Try another clip, or re-encode this "
+                                "one as H.264 MP4.") from None
+            yield self.render(result)
 
     def render(self, result: AnalysisResult) -> Report:
+        """The page for `result`; the JSON file only once every model has scored."""
+        pending = [role for role in self.app_models.models if role not in result.models]
         return Report(
-            result=result, summary=summary_markdown(result),
+            result=result, summary=summary_markdown(result, pending=pending),
             panels={role: panel_markdown(role, self.app_models, result) for role in ROLES},
             probability=probability_figure(result), cost=cost_figure(result),
             gallery=gallery_items(result, self.limits.max_gallery),
-            json_path=self.write_json(result))
+            json_path=None if pending else self.write_json(result))
 
     def idle_panel(self, role: str) -> str:
         """A panel before any analysis: the model's size and weights, or why it is missing."""

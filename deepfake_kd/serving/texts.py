@@ -5,6 +5,7 @@ the loaded models, testable without a server."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -90,7 +91,10 @@ def panel_markdown(role: str, app_models: AppModels, result: AnalysisResult | No
     if role in app_models.untrained:
         lines.append("**⚠️ RANDOM WEIGHTS: this model's scores are meaningless**")
     scores: ModelResult | None = result.models.get(role) if result else None
-    if scores is None:
+    if scores is None and result is not None:  # the smaller model answered first
+        lines.append(verdict_badge("SCORING…", kind="none"))
+        rows = ["**Fake probability (clip):** still scoring the same faces"]
+    elif scores is None:
         lines.append(verdict_badge("—"))
         rows = ["**Fake probability:** upload a clip and press **Analyze**"]
     else:
@@ -127,9 +131,9 @@ def inference_text(scores: ModelResult, num_faces: int) -> str:
             f"({num_faces} face{'s' if num_faces != 1 else ''})")
 
 
-def summary_markdown(result: AnalysisResult) -> str:
+def summary_markdown(result: AnalysisResult, pending: Sequence[str] = ()) -> str:
     """The clip in one line, then how much faster and smaller the student is on it, and
-    whether the two models agree."""
+    whether the two models agree; while models in `pending` still score, that they do."""
     faced = sum(frame.num_faces > 0 for frame in result.frames)
     lines = [
         f"**{Path(result.path).name}**: {result.width}×{result.height}, {result.duration:.1f} s. "
@@ -139,6 +143,10 @@ def summary_markdown(result: AnalysisResult) -> str:
         f"{result.timings_ms['detection'] / 1000:.2f} s (done once, shared by the models)."]
     if result.failed_frames:
         lines.append(lost_frames_text(result))
+    if pending:
+        answered = " and ".join(f"the {name}'s" for name in result.models)
+        lines.append(f"**The {' and '.join(pending)} {'is' if len(pending) == 1 else 'are'} "
+                     f"still scoring** the same faces; meanwhile, {answered} answer.")
     teacher, student = result.models.get(TEACHER), result.models.get(STUDENT)
     if teacher and student:
         size = teacher.num_parameters / max(student.num_parameters, 1)
