@@ -14,6 +14,7 @@ tables and the nets in channels-last layout.
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence
 
@@ -195,13 +196,19 @@ class FaceDetector:
         scale, small = self.shrink(frames)
         # MTCNN searches faces down to this size (pixels of the shrunk frame): no smaller than
         # the faces kept, nor than MTCNN's own 20 px.
-        min_face_size = max(self.mtcnn.min_face_size,
-                            max(self.min_face_px, min_face or 0) * scale)
+        min_face_size = max(self.mtcnn.min_face_size, self.min_face_px * scale)
         if min(small.shape[1:3]) < min_face_size:  # no room for a face; MTCNN would fail
             return [[] for _ in frames], [[] for _ in frames]
+        # Larger faces only: leave out the pyramid's finest levels rather than start it at
+        # another size, so the levels searched are exactly the ones searched before (MTCNN's
+        # borderline faces come and go when its scales shift by a few percent).
+        skip = 0
+        if min_face and min_face * scale > min_face_size:
+            skip = int(math.log(min_face * scale / min_face_size) / -math.log(self.mtcnn.factor))
         boxes, probs = [], []
         for frame_boxes, frame_probs in detect_face_fast(small, self.mtcnn,
-                                                         min_face_size=min_face_size):
+                                                         min_face_size=min_face_size,
+                                                         skip_levels=skip):
             kept = self.keep(frame_boxes, frame_probs, scale)
             boxes.append([box for box, _ in kept])
             probs.append([prob for _, prob in kept])
@@ -403,19 +410,20 @@ def resample_boxes(integral: torch.Tensor, table_shape: tuple[int, int],
     return ((a - b - c + d).to(torch.float32) / counts).permute(0, 3, 1, 2)
 
 
-def detect_face_fast(frames: np.ndarray, mtcnn: MTCNN, *, min_face_size: float | None = None
-                     ) -> list[tuple[np.ndarray, np.ndarray]]:
+def detect_face_fast(frames: np.ndarray, mtcnn: MTCNN, *, min_face_size: float | None = None,
+                     skip_levels: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
     """(boxes [n, 4], probabilities [n]) per frame of a uint8 RGB batch [B, H, W, 3].
 
     facenet-pytorch's `detect_face` step by step, with its settings (`min_face_size` unless
-    given, `thresholds`, `factor`) and nets, except that the candidate boxes of the second and third
+    given, `thresholds`, `factor`) and nets (less the image pyramid's `skip_levels` finest
+    levels, which find only the smallest faces), except that the candidate boxes of the second and third
     stage are resampled all at once (`resample_boxes`) rather than one interpolate call per box
     (about 200 boxes per 1080p frame, a third of the detection time). Boxes come largest first,
     as MTCNN(select_largest=True) returns them."""
     frames = np.ascontiguousarray(frames)
     with torch.inference_mode():
         integral = integral_images(frames)
-        boxes, image_inds = propose(integral, frames.shape, mtcnn, min_face_size)
+        boxes, image_inds = propose(integral, frames.shape, mtcnn, min_face_size, skip_levels)
         return refine(integral, frames.shape, boxes, image_inds, mtcnn)
 
 
@@ -435,9 +443,11 @@ def refine_boxes(frames: np.ndarray, candidates: Sequence[Sequence[Box]], mtcnn:
 
 
 def propose(integral: torch.Tensor, shape: tuple[int, ...], mtcnn: MTCNN,
-            min_face_size: float | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """MTCNN's first stage: P-Net over the image pyramid down from faces of `min_face_size`,
-    merged, regressed and squared; (boxes [n, 5] with scores, frame of each box)."""
+            min_face_size: float | None, skip_levels: int = 0
+            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """MTCNN's first stage: P-Net over the image pyramid down from faces of `min_face_size`
+    (less its `skip_levels` finest levels), merged, regressed and squared; (boxes [n, 5] with
+    scores, frame of each box)."""
     batch_size, h, w = shape[:3]
     m = 12.0 / (min_face_size or mtcnn.min_face_size)
     minl = min(h, w) * m
@@ -446,6 +456,7 @@ def propose(integral: torch.Tensor, shape: tuple[int, ...], mtcnn: MTCNN,
         scales.append(scale_i)
         scale_i *= mtcnn.factor
         minl *= mtcnn.factor
+    scales = scales[skip_levels:]
     if not scales:  # frames smaller than the smallest face searched for
         return torch.zeros((0, 5)), torch.zeros(0, dtype=torch.int64)
 
