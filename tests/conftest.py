@@ -64,6 +64,25 @@ def write_clip(path: Path, frames: list[np.ndarray], *, fps: float,
     return path
 
 
+def write_av_clip(path: Path, frames: list[np.ndarray], *, fps: int, codec: str,
+                  pix_fmt: str = "yuv420p", options: dict | None = None,
+                  rotation: int = 0) -> Path:
+    """RGB frames -> a clip encoded by PyAV (any FFmpeg encoder), optionally with a display
+    matrix that turns it by `rotation` degrees counter-clockwise for display."""
+    import av
+
+    height, width = frames[0].shape[:2]
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=fps, options=options or {})
+        stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
+        if rotation:
+            stream.set_display_rotation(rotation)
+        for frame in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+    return path
+
+
 LANDSCAPE = (480, 360)
 FACE_FRAMES = list(range(2, 10))  # frames 0, 1, 10, 11 are blank or noise
 
@@ -99,6 +118,12 @@ def make_clip():
 
 
 @pytest.fixture(scope="session")
+def make_av_clip():
+    """write_av_clip(path, rgb_frames, *, fps, codec, pix_fmt, options, rotation) -> path."""
+    return write_av_clip
+
+
+@pytest.fixture(scope="session")
 def clip_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("clips")
 
@@ -110,10 +135,15 @@ def face_clip(clip_dir) -> Path:
 
 
 @pytest.fixture(scope="session")
-def portrait_clip(clip_dir) -> Path:
+def portrait() -> list[np.ndarray]:
+    """The frames of `portrait_clip`, before encoding."""
+    return [face_frame((240, 320), centre=(120, 140 + 5 * k), scale=0.75) for k in range(8)]
+
+
+@pytest.fixture(scope="session")
+def portrait_clip(clip_dir, portrait) -> Path:
     """240x320 (portrait), 8 frames at 25 fps, the face in every frame."""
-    frames = [face_frame((240, 320), centre=(120, 140 + 5 * k), scale=0.75) for k in range(8)]
-    return write_clip(clip_dir / "portrait.mp4", frames, fps=25)
+    return write_clip(clip_dir / "portrait.mp4", portrait, fps=25)
 
 
 @pytest.fixture(scope="session")

@@ -47,6 +47,88 @@ def test_seeking_reads_the_same_frames_as_grabbing(face_clip, monkeypatch):
     assert all(np.array_equal(a, b) for a, b in zip(sought.frames, grabbed.frames))
 
 
+# (codec, container, pixel format, options): every common format a phone, camera, browser or
+# editor writes; AV1 is what OpenCV's bundled FFmpeg could not decode.
+FORMATS = {
+    "AV1 MP4": ("libsvtav1", "mp4", "yuv420p", {"preset": "12"}),
+    "H.264 MP4 with B-frames": ("libx264", "mp4", "yuv420p", {"bf": "3"}),
+    "VP8 WebM": ("libvpx", "webm", "yuv420p", {"b": "4M", "crf": "4"}),
+    "VP9 WebM": ("libvpx-vp9", "webm", "yuv420p", {"deadline": "realtime", "cpu-used": "8"}),
+    "HEVC 10-bit MP4": ("libx265", "mp4", "yuv420p10le", {"x265-params": "log-level=none"}),
+    "MPEG-4 AVI": ("mpeg4", "avi", "yuv420p", {"qscale": "2"}),
+    "ProRes MOV": ("prores_ks", "mov", "yuv422p10le", {}),
+}
+
+
+@pytest.mark.parametrize("kind", list(FORMATS))
+def test_every_common_format_decodes_with_exact_timestamps(kind, tmp_path, make_av_clip,
+                                                           landscape):
+    import av
+
+    codec, suffix, pix_fmt, options = FORMATS[kind]
+    if codec not in av.codecs_available:
+        pytest.skip(f"this PyAV build has no {codec} encoder to make the clip")
+    path = make_av_clip(tmp_path / f"clip.{suffix}", landscape, fps=10, codec=codec,
+                        pix_fmt=pix_fmt, options=options)
+    video = sample_frames(path, num_frames=12)
+    assert video.indices == list(range(12)) and video.failed == []
+    assert video.timestamps == pytest.approx([i / 10 for i in range(12)], abs=1e-6)
+    assert (video.width, video.height) == (480, 360)
+    for index in (0, 2, 9):  # lossy: close to what was encoded
+        diff = np.abs(video.frames[index].astype(int) - landscape[index].astype(int)).mean()
+        assert diff < 12, (kind, index, diff)
+
+
+def numbered_frames(count: int, size=(160, 96)) -> list[np.ndarray]:
+    """Frames that say their own number: a white bar whose position is the frame index."""
+    frames = []
+    for k in range(count):
+        frame = np.full((size[1], size[0], 3), 40, np.uint8)
+        frame[:, 2 * k:2 * k + 2] = 255
+        frames.append(frame)
+    return frames
+
+
+def shown_number(frame: np.ndarray) -> int:
+    return int(np.argmax(frame[:, :, 0].mean(axis=0))) // 2
+
+
+@pytest.mark.parametrize("bframes, decoded_max", [(3, 35), (16, 60)])
+def test_non_reference_frames_are_skipped_and_samples_stay_spread(tmp_path, make_av_clip,
+                                                                  bframes, decoded_max):
+    """60 frames, 8 samples 7.5 frames apart: with x264's B-frames only reference frames are
+    decoded, each sample the frame nearest its spot, timestamps and pixels the frame's own.
+    With 16 B-frames in a row the reference frames lie too far apart, and every frame is
+    decoded instead (the same spread)."""
+    path = make_av_clip(tmp_path / "numbered.mp4", numbered_frames(60), fps=30, codec="libx264",
+                        options={"x264-params": f"bframes={bframes}:b-adapt=0:b-pyramid=none:"
+                                                "keyint=60:log-level=none", "crf": "10"})
+    video = sample_frames(path, num_frames=8)
+    spots = spread_indices(60, 8)
+    assert len(video.indices) == 8 and video.failed == []
+    assert all(abs(index - spot) <= 3 for index, spot in zip(video.indices, spots))
+    assert video.indices == sorted(set(video.indices))
+    assert [shown_number(frame) for frame in video.frames] == video.indices
+    assert video.timestamps == pytest.approx([i / 30 for i in video.indices], abs=1e-6)
+    assert video.decoded <= decoded_max
+
+
+@pytest.mark.parametrize("rotation", [-90, 90, 180])
+def test_a_clip_stored_sideways_comes_out_upright(rotation, tmp_path, make_av_clip, portrait,
+                                                  detector):
+    """A phone stores a portrait clip as landscape frames with a rotation in its display
+    matrix (-90 for the usual way of holding it); the frames must come out as shown."""
+    upright = portrait
+    stored = [np.ascontiguousarray(np.rot90(frame, -rotation // 90)) for frame in upright]
+    path = make_av_clip(tmp_path / "phone.mp4", stored, fps=25, codec="libx264",
+                        rotation=rotation, options={"crf": "12"})
+    video = sample_frames(path, num_frames=4)
+    assert (video.width, video.height) == (240, 320)  # portrait, as shown
+    for frame, index in zip(video.frames, video.indices):
+        assert np.abs(frame.astype(int) - upright[index].astype(int)).mean() < 8
+    assert len(detector.detect(video.frames[:1])[0]) == 1  # an upright face is found
+
+
 def test_counting_frames_stops_past_the_limit(face_clip):
     assert count_frames(face_clip, stop_after=100) == 12
     assert count_frames(face_clip, stop_after=5) == 5
