@@ -127,3 +127,49 @@ def test_box_and_frame_resampling_equal_area_interpolation():
     for k in range(4):
         crop = images[inds[k], :, y[k] - 1:ey[k], x[k] - 1:ex[k]].unsqueeze(0)
         assert torch.allclose(got[k:k + 1], imresample(crop, (24, 24)), rtol=0, atol=1e-4)
+
+
+def test_faces_are_followed_between_searched_frames(portrait_clip, detector):
+    """8 frames, one face throughout: MTCNN searches frames 0, 4 and 7 in full; the face is
+    followed through the others, with the boxes and track a full search finds."""
+    frames = sample_frames(portrait_clip, num_frames=8).frames
+    counts = {}
+    followed = detector.detect(frames, counts=counts)
+    assert counts == {"detected": 3, "tracked": 5}
+    searched = FaceDetector(key_every=1).detect(frames)
+    for a, b in zip(followed, searched):
+        assert len(a) == len(b) == 1 and a[0].track_id == b[0].track_id == 0
+        assert np.allclose(a[0].box, b[0].box, atol=6) and a[0].prob >= 0.9
+
+
+def test_frames_where_faces_come_or_go_are_searched(face_clip, detector, face_frame_indices):
+    """The face is in frames 2-9 of 12; searched frames 0, 4, 8, 11: between 0 and 4 and
+    between 8 and 11 faces come and go, so those frames get the full search too."""
+    counts = {}
+    faces = detector.detect(sample_frames(face_clip, num_frames=12).frames, counts=counts)
+    assert [i for i, frame_faces in enumerate(faces) if frame_faces] == face_frame_indices
+    assert counts == {"detected": 9, "tracked": 3}  # 5, 6, 7 followed
+
+
+def test_a_face_lost_between_searched_frames_is_searched_for(landscape, detector):
+    """A frame where the face is not where its track says (here: gone) is searched in full."""
+    frames = [landscape[k] for k in (2, 3, 4, 5, 6)]
+    frames[2] = landscape[0]  # blank in the middle
+    counts = {}
+    faces = detector.detect(frames, counts=counts)
+    assert [len(frame_faces) for frame_faces in faces] == [1, 1, 0, 1, 1]
+    assert counts["detected"] >= 3 and counts["tracked"] <= 2
+
+
+def test_pairing_and_positions_between():
+    from deepfake_kd.pipeline.faces import interpolate, key_positions, pair_up
+
+    assert key_positions(12, 4, last=False) == [0, 4, 8]
+    assert key_positions(12, 4, last=True) == [0, 4, 8, 11]
+    assert key_positions(9, 4, last=True) == [0, 4, 8]
+    a, b = (box(100, 100), 0.99), (box(300, 100), 0.99)
+    assert pair_up([a, b], [(box(310, 100), 0.99), (box(110, 100), 0.99)], max_shift=1) == [
+        (a[0], box(110, 100)), (b[0], box(310, 100))]
+    assert pair_up([a], [a, b], max_shift=1) is None  # a face came
+    assert pair_up([a], [(box(400, 100), 0.99)], max_shift=1) is None  # too far to be the same
+    assert interpolate(box(100, 100), box(200, 100), 0.25) == box(125, 100)
