@@ -64,6 +64,12 @@ def test_bench_writes_every_figure(face_clip, model_dirs, tmp_path, capsys):
     assert clip["total_s"] > 0 and clip["frames_per_s"] == pytest.approx(12 / clip["total_s"])
     assert clip["total_s"] == pytest.approx(sum(clip["stages_s"].values()) - clip["overlap_s"])
     assert report["peak_rss_mb"] > 0 and clip["rss_before_mb"] > 0
+    answers = clip["answers_s"]
+    assert list(answers) == ["student", "teacher"]  # the smaller model answers first
+    assert 0 < answers["student"] <= answers["teacher"] <= clip["total_s"]
+    assert "answers: student at" in text
+    work = clip["work"]
+    assert work["frames_decoded"] >= 12 and work["frames_searched"] + work["frames_followed"] == 12
 
 
 def test_made_clip_has_a_moving_face(tmp_path, detector):

@@ -8,9 +8,11 @@ every model to the baseline (the first model, the teacher) is taken call by call
 most of that drift. FLOPs per face come from torch's own counter (`FlopCounterMode`: matrix
 multiplications, convolutions and attention; element-wise work is not counted).
 
-End to end: the whole analysis of one clip (`analyze_video`, the same code the CLI and the app
+End to end: the whole analysis of one clip (`analysis_steps`, the same code the CLI and the app
 run), with the detector and models built beforehand as the app builds them, split into decoding,
-face detection and each model, and the peak resident memory of the run. Without `--clip` a
+face detection and each model, with the time to each model's answer (the smallest model answers
+first, as the app shows it), the work done (frames decoded, searched by MTCNN, followed), and
+the peak resident memory of the run. Without `--clip` a
 10 s 1920x1080 clip of a moving face is made from the bundled public-domain photo.
 
 Nothing here depends on which model is the teacher: models are a dict, the first is the baseline.
@@ -36,7 +38,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from ..errors import DeepfakeKDError
 from ..models import FaceClassifier, predict_crops
-from ..pipeline.analysis import analyze_video
+from ..pipeline.analysis import analysis_steps, analyze_video
 from ..pipeline.faces import CROP_SIZE, FaceDetector
 from ..pipeline.video import quiet_ffmpeg
 from ..roles import add_model_arguments, load_cli_models
@@ -221,9 +223,12 @@ def measure_clip(models: Mapping[str, FaceClassifier], clip: str | Path, *, fram
     peak_reset = reset_peak_rss()
     runs = []
     for _ in range(repeats):
+        answers = {}  # model -> seconds from the start to its answer, in the order they came
         tic = time.perf_counter()
-        result = analyze_video(clip, models, num_frames=frames, detector=detector,
-                               overlap=overlap)
+        for result in analysis_steps(clip, models, num_frames=frames, detector=detector,
+                                     overlap=overlap):
+            answers.update({name: time.perf_counter() - tic
+                            for name in result.models if name not in answers})
         total = time.perf_counter() - tic
         timings = {key: ms / 1000 for key, ms in result.timings_ms.items()}
         stages = {"decoding": timings["sampling"], "detection": timings["detection"]}
@@ -232,7 +237,8 @@ def measure_clip(models: Mapping[str, FaceClassifier], clip: str | Path, *, fram
             stages[f"model:{name}"] = model_result.inference_ms / 1000
         saved = stages["decoding"] + stages["detection"] - both  # decoded while detecting
         stages["other"] = total - (sum(stages.values()) - saved)  # preprocessing, ...
-        runs.append({"stages_s": stages, "overlap_s": saved, "total_s": total})
+        runs.append({"stages_s": stages, "overlap_s": saved, "total_s": total,
+                     "answers_s": answers})
     median = {stage: statistics.median(run["stages_s"][stage] for run in runs)
               for stage in runs[0]["stages_s"]}
     total = statistics.median(run["total_s"] for run in runs)
@@ -243,6 +249,9 @@ def measure_clip(models: Mapping[str, FaceClassifier], clip: str | Path, *, fram
         "frames_with_faces": sum(f.num_faces > 0 for f in result.frames),
         "repeats": repeats, "overlap": overlap, "stages_s": median,
         "overlap_s": statistics.median(run["overlap_s"] for run in runs), "total_s": total,
+        "answers_s": {name: statistics.median(run["answers_s"][name] for run in runs)
+                      for name in runs[0]["answers_s"]},
+        "work": result.work,
         "frames_per_s": len(result.frames) / total,
         "runs": runs, "rss_before_mb": rss_before, "process_peak_before_mb": peak_before,
         "peak_rss_mb": peak_rss_mb() if peak_reset else None}
@@ -380,8 +389,14 @@ def format_report(report: dict) -> str:
                      + (f" | decoding and detection overlapped {clip['overlap_s']:.3f} s"
                         if clip["overlap"] else ""))
         peak = "n/a" if clip["peak_rss_mb"] is None else f"{clip['peak_rss_mb']:.0f} MiB"
-        lines.append(f"  total {clip['total_s']:.2f} s, {clip['frames_per_s']:.1f} frames/s; "
+        lines.append("  answers: " + ", ".join(f"{name} at {seconds:.2f} s" for name, seconds
+                                               in clip["answers_s"].items())
+                     + f" | total {clip['total_s']:.2f} s, {clip['frames_per_s']:.1f} frames/s; "
                      f"peak RSS {peak} (before: {clip['rss_before_mb']:.0f} MiB)")
+        work = clip["work"]
+        lines.append(f"  work: {work['frames_decoded']} frames decoded for {clip['frames']} "
+                     f"sampled; MTCNN searched {work['frames_searched']}, followed faces "
+                     f"through {work['frames_followed']}")
     return "\n".join(lines)
 
 
@@ -421,7 +436,9 @@ def format_markdown(report: dict) -> str:
         lines += ["", f"End to end on a {clip['width']}x{clip['height']}, "
                       f"{clip['duration_s']:.0f} s clip, {clip['frames']} frames, all models: "
                       f"{clip['total_s']:.2f} s "
-                      f"(median of {clip['repeats']}; {stages}"
+                      f"(median of {clip['repeats']}; {stages}; "
+                      + ", ".join(f"{name}'s answer at {seconds:.2f} s"
+                                  for name, seconds in clip["answers_s"].items())
                       + (f"; decoding overlapped detection by {clip['overlap_s']:.2f} s"
                          if clip["overlap"] else "") + f"){peak}."]
     lines += ["", f"Measured by `python -m deepfake_kd bench` on {m['cpu']} ({m['cpu_count']} "
