@@ -227,7 +227,7 @@ def test_upload_size_is_enforced_by_the_handler(app_analyzer, tmp_path):
     with open(big, "wb") as handle:  # sparse: no 100 MB written, the size is what counts
         handle.truncate(limit + 1)
     with pytest.raises(gr.Error, match="big.mp4: the file is 100 MB; the limit is 100 MB"):
-        app_analyzer.handle(str(big), 4, 0.55)
+        list(app_analyzer.handle(str(big), 4, 0.55))  # a generator: run it
 
 
 def test_clip_duration_is_enforced_by_the_handler(app_analyzer, make_clip, tmp_path):
@@ -236,7 +236,7 @@ def test_clip_duration_is_enforced_by_the_handler(app_analyzer, make_clip, tmp_p
     long_clip = make_clip(tmp_path / "long.mp4", frames, fps=1)
     with pytest.raises(gr.Error, match=f"long.mp4: the clip is {seconds}.0 s long; the limit "
                                        "is 120 s"):
-        app_analyzer.handle(str(long_clip), 4, 0.55)
+        list(app_analyzer.handle(str(long_clip), 4, 0.55))
 
 
 def test_served_limits_come_from_app_limits_and_the_environment(tiny_models):
