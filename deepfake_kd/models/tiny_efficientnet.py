@@ -37,6 +37,14 @@ class TinyEfficientNet(FaceClassifier, **hub_mixin_kwargs("tiny-efficientnet")):
         nn.init.zeros_(self.head[-1].weight)  # start at p=0.5 rather than a random guess
         nn.init.zeros_(self.head[-1].bias)
 
+    def trunks(self) -> tuple[EfficientNetTrunk, ...]:
+        """The backbone whose map `forward_from_features` takes (what training can cache while
+        the trunk is frozen, and what a heatmap explains)."""
+        return (self.trunk,)
+
+    def forward_from_features(self, fmap: torch.Tensor) -> torch.Tensor:
+        return self.head(fmap).squeeze(-1)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
-        return self.head(self.trunk(x)).squeeze(-1)
+        return self.forward_from_features(self.trunk(x))
