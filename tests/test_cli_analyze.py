@@ -1,4 +1,5 @@
-"""`python -m deepfake_kd analyze`: JSON and text output, and one-line errors with exit code 2."""
+"""`python -m deepfake_kd analyze`: JSON and text output, the --explain files, and one-line errors
+with exit code 2."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
+
+import cv2
 
 from deepfake_kd.cli import main
 from deepfake_kd.roles import ROLES
@@ -80,3 +83,30 @@ def test_bad_video_exit_2_with_one_line(tmp_path, model_dirs, capsys):
     assert code == 2
     assert capsys.readouterr().err == ("error: clip.mp4: not a readable video (not a video "
                                        "file, audio only, or corrupt/truncated)\n")
+
+
+def test_explain_writes_overlays_and_numbers(face_clip, model_dirs, tmp_path, capsys):
+    out = tmp_path / "explained"
+    code = main(["analyze", str(face_clip), "--frames", "12", "--teacher", str(model_dirs["teacher"]),
+                 "--student", str(model_dirs["student"]), "--explain", str(out),
+                 "--explain-faces", "3", "--json"])
+    assert code == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert json.loads((out / "result.json").read_text()) == printed
+    explanation = printed["explanation"]
+    assert explanation["models"] == ["teacher", "student"] and len(explanation["faces"]) == 3
+    worst = sorted((max(face["probs"].values()) for face in printed["faces"]), reverse=True)
+    assert [max(face["probs"].values()) for face in explanation["faces"]] == worst[:3]
+    for face in explanation["faces"]:
+        assert set(face["files"]) == {"side_by_side", "teacher", "student"}
+        side = cv2.imread(str(out / face["files"]["side_by_side"]))
+        assert side.shape == (224, 3 * 224 + 2 * 4, 3)
+        assert cv2.imread(str(out / face["files"]["student"])).shape == (224, 224, 3)
+        assert face["agreement"] is None or -1 <= face["agreement"] <= 1
+    assert len(list(out.glob("*.png"))) == 9
+
+    main(["analyze", str(face_clip), "--frames", "12", "--teacher", str(model_dirs["teacher"]),
+          "--student", str(model_dirs["student"]), "--explain", str(out)])
+    text = capsys.readouterr().out
+    assert f"where the models look (Grad-CAM), written to {out}" in text
+    assert text.count("face0") == 4 and "mean agreement" in text

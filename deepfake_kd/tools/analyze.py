@@ -17,6 +17,7 @@ from ..pipeline.video import quiet_ffmpeg
 from ..roles import DEFAULT_THRESHOLD, add_model_arguments, load_cli_models
 from ..training.data import load_crops, read_samples
 from .arguments import probability
+from .heatmaps import add_explain_arguments, format_explanation, write_explanation
 
 
 def add_cli(subparsers) -> None:
@@ -33,6 +34,7 @@ def add_cli(subparsers) -> None:
                                                "scores mean nothing")
     add_runtime_argument(parser)
     parser.add_argument("--json", action="store_true", help="print the full result as JSON")
+    add_explain_arguments(parser)
     parser.set_defaults(run=run_cli)
 
 
@@ -53,7 +55,13 @@ def run_cli(args: argparse.Namespace) -> int:
     models, sources = apply_runtimes(models, sources, args.runtime, args.calibration)
     result = analyze_video(args.clip, models, num_frames=args.frames, threshold=args.threshold,
                            detector=FaceDetector(), sources=sources)
-    print(json.dumps(result.to_dict(), indent=2) if args.json else format_summary(result))
+    data = write_explanation(result, models, args.explain, count=args.explain_faces) \
+        if args.explain else result.to_dict()
+    if args.json:
+        print(json.dumps(data, indent=2))
+    else:
+        print(format_summary(result)
+              + (format_explanation(data["explanation"], args.explain) if args.explain else ""))
     return 0
 
 
