@@ -18,6 +18,7 @@ def test_bench_writes_every_figure(face_clip, model_dirs, tmp_path, capsys):
                  "--student", str(model_dirs["student"]), "--repeats", "2", "--warmup", "1",
                  "--batch-sizes", "1,2", "--clip", str(face_clip), "--frames", "12",
                  "--clip-repeats", "1", "--threads", "1", "--runtime", "student=jit",
+                 "--explain-repeats", "2",
                  "--json", str(out), "--markdown", str(tmp_path / "bench.md")])
     assert code == 0
     text = capsys.readouterr().out
@@ -26,6 +27,8 @@ def test_bench_writes_every_figure(face_clip, model_dirs, tmp_path, capsys):
     report = json.loads(out.read_text())
     markdown = (tmp_path / "bench.md").read_text()
     assert "| parameters |" in markdown and "student vs teacher" in markdown
+    assert "| s for the heatmaps of 8 faces (median) |" in markdown
+    assert "heatmaps (Grad-CAM) of 8 faces, one call: teacher " in text
 
     assert report["machine"]["torch_threads"] == 1 and report["machine"]["cpu_count"] >= 1
     assert report["settings"]["batch_sizes"] == [1, 2] and report["settings"]["repeats"] == 2
@@ -43,6 +46,11 @@ def test_bench_writes_every_figure(face_clip, model_dirs, tmp_path, capsys):
             assert 0 < lat["min_ms"] <= lat["median_ms"] and lat["p10_ms"] <= lat["p90_ms"]
             assert lat["per_face_ms"] == pytest.approx(lat["median_ms"] / int(batch))
             assert lat["gflops_per_s"] > 0
+
+    explanation = report["explanation"]
+    assert explanation["faces"] == 8 and report["settings"]["explain_repeats"] == 2
+    for name in ("teacher", "student"):  # the jit student's heatmaps come from its eager model
+        assert explanation[name]["repeats"] == 2 and explanation[name]["median_ms"] > 0
 
     comp = report["comparison"]
     assert comp["baseline"] == "teacher" and set(comp) == {"baseline", "student"}

@@ -8,6 +8,10 @@ every model to the baseline (the first model, the teacher) is taken call by call
 most of that drift. FLOPs per face come from torch's own counter (`FlopCounterMode`: matrix
 multiplications, convolutions and attention; element-wise work is not counted).
 
+Heatmaps: each model's Grad-CAM heatmaps (`pipeline.explain`, what the app's "Where the models
+look" and `analyze --explain` compute) of 8 random crops in one call, the models interleaved
+the same way; median seconds per call.
+
 End to end: the whole analysis of one clip (`analysis_steps`, the same code the CLI and the app
 run), with the detector and models built beforehand as the app builds them, split into decoding,
 face detection and each model, with the time to each model's answer (the smallest model answers
@@ -39,6 +43,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from ..errors import DeepfakeKDError
 from ..models import FaceClassifier, predict_crops
 from ..pipeline.analysis import analysis_steps, analyze_video
+from ..pipeline.explain import GRADCAM_BATCH, explain_crops
 from ..pipeline.faces import CROP_SIZE, FaceDetector
 from ..pipeline.video import quiet_ffmpeg
 from ..roles import add_model_arguments, load_cli_models
@@ -89,6 +94,22 @@ def measure_latency(models: Mapping[str, FaceClassifier], *, batch_size: int, re
                 model.predict_proba(inputs[name])
                 times[name].append(time.perf_counter() - tic)
     return times
+
+
+def measure_explanations(models: Mapping[str, FaceClassifier], *, faces: int = GRADCAM_BATCH,
+                         repeats: int, warmup: int = 1, seed: int = 0) -> dict:
+    """Seconds per call of `explain_crops` on the same `faces` crops, models interleaved (one
+    model's backward pass at a time, as the app runs them); the figures of `summary`."""
+    crops = np.random.default_rng(seed).integers(
+        0, 256, (faces, CROP_SIZE, CROP_SIZE, 3), dtype=np.uint8)
+    times: dict[str, list[float]] = {name: [] for name in models}
+    for k in range(warmup + repeats):
+        for name, model in models.items():
+            tic = time.perf_counter()
+            explain_crops(model, crops)
+            if k >= warmup:
+                times[name].append(time.perf_counter() - tic)
+    return {"faces": faces, **{name: summary(t) for name, t in times.items()}}
 
 
 def latency_report(models: Mapping[str, FaceClassifier], flops: Mapping[str, int], *,
@@ -279,9 +300,9 @@ def machine_info() -> dict:
 def run_bench(models: Mapping[str, FaceClassifier], *, sources: Mapping[str, str] | None = None,
               batch_sizes=DEFAULT_BATCH_SIZES, repeats: int = 30, warmup: int = 3,
               clip: str | Path | None = None, frames: int = 32, clip_repeats: int = 3,
-              overlap: bool = False) -> dict:
+              overlap: bool = False, explain_repeats: int = 3) -> dict:
     """The full benchmark as plain JSON-ready data (`clip=None` makes the default clip;
-    `clip_repeats=0` skips the end-to-end part)."""
+    `clip_repeats=0` skips the end-to-end part, `explain_repeats=0` the heatmaps)."""
     if len(models) < 1:
         raise DeepfakeKDError("nothing to benchmark: no models")
     for model in models.values():
@@ -289,7 +310,8 @@ def run_bench(models: Mapping[str, FaceClassifier], *, sources: Mapping[str, str
     report: dict = {"machine": machine_info(),
                     "settings": {"batch_sizes": list(batch_sizes), "repeats": repeats,
                                  "warmup": warmup, "frames": frames,
-                                 "clip_repeats": clip_repeats}}
+                                 "clip_repeats": clip_repeats,
+                                 "explain_repeats": explain_repeats}}
     params = {name: model.num_parameters() for name, model in models.items()}
     flops = {name: flops_per_face(model) for name, model in models.items()}
     report["models"] = {
@@ -302,6 +324,8 @@ def run_bench(models: Mapping[str, FaceClassifier], *, sources: Mapping[str, str
                                      warmup=warmup)
     report["latency"] = latency
     report["comparison"] = comparison(models, params, flops, latency, ratios)
+    if explain_repeats > 0:
+        report["explanation"] = measure_explanations(models, repeats=explain_repeats)
     if clip_repeats > 0:
         report["clip"] = measure_clip(models, clip or default_clip(), frames=frames,
                                       repeats=clip_repeats, overlap=overlap)
@@ -369,6 +393,12 @@ def format_report(report: dict) -> str:
             lines.append(f"  batch {batch}: time x{lat['ratio']:.4f} = -{lat['reduction_pct']:.2f}%"
                          f" (paired per call: median x{lat['paired_ratio_median']:.4f}, "
                          f"p10-p90 x{lat['paired_ratio_p10']:.4f}-{lat['paired_ratio_p90']:.4f})")
+    explanation = report.get("explanation")
+    if explanation:
+        lines += ["", f"heatmaps (Grad-CAM) of {explanation['faces']} faces, one call: "
+                      + ", ".join(f"{name} {explanation[name]['median_ms'] / 1000:.3f} s "
+                                  f"(p10-p90 {explanation[name]['p10_ms'] / 1000:.3f}-"
+                                  f"{explanation[name]['p90_ms'] / 1000:.3f})" for name in models)]
     auc = report.get("auc")
     if auc:
         lines += ["", f"AUC on {auc['crops']} {auc['split']} crops of {auc['manifest']}:"]
@@ -417,6 +447,10 @@ def format_markdown(report: dict) -> str:
             [f"{per_model[n]['per_face_ms']:.3f} ({per_model[n]['p10_ms'] / int(batch):.3f}-"
              f"{per_model[n]['p90_ms'] / int(batch):.3f})" for n in names])
         row(f"GFLOP/s, batch {batch}", [f"{per_model[n]['gflops_per_s']:.1f}" for n in names])
+    explanation = report.get("explanation")
+    if explanation:
+        row(f"s for the heatmaps of {explanation['faces']} faces (median)",
+            [f"{explanation[n]['median_ms'] / 1000:.3f}" for n in names])
     base = comp["baseline"]
     for name in names:
         if name == base:
@@ -478,6 +512,9 @@ def add_cli(subparsers) -> None:
                         help="frames sampled from the clip (default 32)")
     parser.add_argument("--clip-repeats", type=int, default=3, metavar="N",
                         help="end-to-end runs, median reported (default 3; 0 skips the clip)")
+    parser.add_argument("--explain-repeats", type=int, default=3, metavar="N",
+                        help="timed heatmap calls (8 faces) per model, median reported "
+                             "(default 3; 0 skips them)")
     parser.add_argument("--overlap", action="store_true",
                         help="decode the clip in a background thread while faces are detected "
                              "(analyze_video(overlap=True)); off by default until measured")
@@ -502,7 +539,7 @@ def run_cli(args: argparse.Namespace) -> int:
     report = run_bench(models, sources=sources, batch_sizes=args.batch_sizes,
                        repeats=args.repeats, warmup=max(args.warmup, 0), clip=args.clip,
                        frames=args.frames, clip_repeats=max(args.clip_repeats, 0),
-                       overlap=args.overlap)
+                       overlap=args.overlap, explain_repeats=max(args.explain_repeats, 0))
     if args.auc_manifest:
         report["auc"] = runtime_auc(eager, models, args.auc_manifest, split=args.auc_split)
     print(format_report(report))
