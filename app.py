@@ -18,6 +18,7 @@ from deepfake_kd.limits import AppLimits
 from deepfake_kd.pipeline.faces import FaceDetector
 from deepfake_kd.roles import DEFAULT_THRESHOLD, ROLES
 from deepfake_kd.serving.examples import example_clips
+from deepfake_kd.serving.explaining import EXPLAIN_IDLE, Explainer
 from deepfake_kd.serving.handler import Analyzer, refuse_links
 from deepfake_kd.serving.loading import AppModels, load_app_models
 from deepfake_kd.serving.texts import banner_markdown
@@ -41,7 +42,9 @@ CSS = """
 .verdict-none { background: #868e96; }
 #summary { min-height: 3em; }
 #crops .caption-label { white-space: normal; max-width: 94%; }  /* both scores, unclipped */
+#explanations .caption-label { white-space: normal; max-width: 94%; }
 """
+MODELS_BUSY = "models"  # the concurrency group of every event that runs the models
 
 
 def build_demo(app_models: AppModels, *, detector: FaceDetector | None = None,
@@ -87,11 +90,42 @@ def build_demo(app_models: AppModels, *, detector: FaceDetector | None = None,
         result_file = gr.File(label="Full result (JSON)", elem_id="result-json")
         outputs = {"summary": summary, **panels, "probability": probability, "cost": cost,
                    "gallery": gallery, "json": result_file}
-        button.click(analyzer.handle, inputs=[video, frames, threshold],
-                     outputs=[outputs[name] for name in Analyzer.OUTPUTS],
-                     api_name="analyze", concurrency_limit=limits.concurrency)
+        analysis = button.click(analyzer.handle, inputs=[video, frames, threshold],
+                                outputs=[outputs[name] for name in Analyzer.OUTPUTS],
+                                api_name="analyze", concurrency_limit=limits.concurrency,
+                                concurrency_id=MODELS_BUSY)
+        explain_section(Explainer(app_models, analyzer.recent), button, analysis, result_file,
+                        limits)
     demo.queue(max_size=limits.max_queue, default_concurrency_limit=limits.concurrency)
     return demo
+
+
+def explain_section(explainer: Explainer, button: gr.Button, analysis, result_file: gr.File,
+                    limits: AppLimits) -> None:
+    """"Where the models look": cleared when Analyze is pressed, computed once the verdicts are
+    shown (chained on the analysis' success, so it never delays them), and for a chosen frame.
+    Each request first says what is being computed (outside the queue, at once), then runs in
+    the models' concurrency group: one model run at a time, analyses and heatmaps alike. The
+    page's result file says which analysed clip to explain."""
+    gr.Markdown("## Where the models look")
+    status = gr.Markdown(EXPLAIN_IDLE, elem_id="explain-status")
+    with gr.Row(equal_height=True):
+        at = gr.Number(0, label="Frame at (seconds)", minimum=0, elem_id="explain-time",
+                       info="every face of the sampled frame nearest to this time")
+        explain_frame = gr.Button("Explain this frame", elem_id="explain-frame")
+    pictures = gr.Gallery(label=" | ".join(["crop", *explainer.app_models.models]),
+                          columns=1 + len(explainer.app_models.models),
+                          height="auto", object_fit="contain", elem_id="explanations")
+    outputs = {"explain_status": status, "explanations": pictures}
+    heavy = dict(outputs=[outputs[name] for name in Explainer.OUTPUTS],
+                 concurrency_id=MODELS_BUSY, concurrency_limit=limits.concurrency)
+    quick = dict(outputs=status, queue=False, api_visibility="private")
+    button.click(explainer.cleared, outputs=[status, pictures], queue=False,
+                 api_visibility="private")
+    analysis.success(explainer.pending_top, inputs=result_file, **quick).success(
+        explainer.top, inputs=result_file, api_name="explain", **heavy)
+    explain_frame.click(explainer.pending_frame, inputs=[result_file, at], **quick).success(
+        explainer.frame, inputs=[result_file, at], api_name="explain_frame", **heavy)
 
 
 def launch(demo: gr.Blocks, limits: AppLimits = AppLimits(), **kwargs):

@@ -5,6 +5,7 @@ Everything runs with the tiny models of conftest on small generated clips."""
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -14,6 +15,7 @@ from pathlib import Path
 import gradio as gr
 import numpy as np
 import pytest
+import torch
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
@@ -23,6 +25,7 @@ from deepfake_kd.models import CrossEfficientViT, StudentCNN
 from deepfake_kd.pipeline.analysis import FAKE, NO_FACE, REAL
 from deepfake_kd.roles import ROLES, UNTRAINED
 from deepfake_kd.serving.examples import example_clips
+from deepfake_kd.serving.explaining import EXPLAIN_IDLE, NOTHING_TO_EXPLAIN, Explainer
 from deepfake_kd.serving.handler import Analyzer
 from deepfake_kd.serving.loading import AppModels, load_app_models
 from deepfake_kd.serving.texts import banner_markdown, panel_markdown, times
@@ -201,6 +204,79 @@ def test_gallery_is_capped_and_spread_over_the_clip(app_models, detector, report
     assert "(0.20 s" in captions[0] and "(0.90 s" in captions[-1]  # first and last face
 
 
+# --- where the models look -------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def explainer(app_models, analyzer) -> Explainer:
+    """The tiny teacher's logit layers start at zero, which makes its heatmaps zero: a copy with
+    random ones, so every agreement is a number."""
+    teacher = copy.deepcopy(app_models.models["teacher"])
+    for head in (teacher.sm_head, teacher.lg_head):
+        torch.nn.init.normal_(head[-1].weight)
+    return Explainer(AppModels(models={**app_models.models, "teacher": teacher.eval()},
+                               sources=app_models.sources), analyzer.recent)
+
+
+def test_heatmaps_of_the_most_suspicious_faces_side_by_side(explainer, report):
+    result = report.result
+    assert explainer.pending_top(None) == EXPLAIN_IDLE
+    assert "on the 4 most suspicious faces (teacher and student" in explainer.pending_top(
+        str(report.json_path))
+    status, pictures = explainer.top(str(report.json_path))
+    rows = [pictures[k:k + 3] for k in range(0, len(pictures), 3)]  # crop | teacher | student
+    assert len(rows) == 4
+    worst = sorted(result.faces, key=lambda face: -max(face.probs.values()))[:4]
+    for (crop, about), (teacher, teacher_score), (student, student_score), face in zip(
+            *zip(*rows), worst):
+        assert np.array_equal(crop, face.crop)
+        assert teacher.shape == student.shape == (224, 224, 3) and teacher.dtype == np.uint8
+        assert teacher_score == f"teacher {face.probs['teacher']:.2f}"
+        assert student_score == f"student {face.probs['student']:.2f}"
+        time, agreement = about.split(" · ")
+        assert time == f"{face.timestamp:.2f} s, face 1"
+        assert -1 <= float(agreement.removeprefix("agreement ")) <= 1
+    assert "the 4 faces with the highest fake probability" in status
+    assert "mean agreement **" in status and "Computed after the verdicts" in status
+
+
+def test_heatmaps_of_a_chosen_frame(explainer, report):
+    result, page = report.result, {"path": str(report.json_path)}  # the page's result file
+    face = result.faces[2]
+    assert f"nearest to {face.timestamp:.2f} s" in explainer.pending_frame(page, face.timestamp)
+    status, pictures = explainer.frame(page, face.timestamp)
+    assert len(pictures) == 3 and pictures[0][1].startswith(f"{face.timestamp:.2f} s, face 1 · ")
+    assert f"the frame at {face.timestamp:.2f} s:" in status
+    status, _ = explainer.frame(page, 0.0)  # no face there: the nearest frame with one
+    assert f"the frame at {result.faces[0].timestamp:.2f} s (the sampled frame with a face " \
+           "nearest to 0.00 s)" in status
+    for bad in (-1, result.duration + 1, "soon", None, math.nan):
+        with pytest.raises(gr.Error, match="between 0 and 1.20 s"):
+            explainer.pending_frame(page, bad)
+    with pytest.raises(gr.Error, match="Analyze a clip first"):
+        explainer.frame(None, 0.5)
+    assert explainer.pending_top(None) == EXPLAIN_IDLE
+
+
+def test_no_face_no_heatmaps(explainer, analyzer, no_face_clip):
+    page = str(analyzer.analyze(str(no_face_clip), 6, 0.5).json_path)
+    assert explainer.pending_top(page) == NOTHING_TO_EXPLAIN
+    assert explainer.top(page) == explainer.frame(page, 0.2) == (NOTHING_TO_EXPLAIN, [])
+
+
+def test_only_the_last_analyses_are_kept(app_models, detector, report, tmp_path):
+    small = Analyzer(app_models, detector=detector, results_dir=tmp_path,
+                     limits=AppLimits(max_queue=1))
+    results = [replace(report.result, threshold=t) for t in (0.3, 0.4, 0.5)]
+    first, second, third = (small.render(result).json_path for result in results)
+    assert small.recent.size == 2 and small.recent.get(first) is None
+    assert small.recent.get(second) is results[1] and small.recent.get(third) is results[2]
+    copy_of_second = tmp_path / "copy.json"  # Gradio hands handlers a copy of the page's file
+    copy_of_second.write_bytes(second.read_bytes())
+    assert small.recent.get(copy_of_second) is results[1]
+    with pytest.raises(gr.Error, match="Analyze a clip first.*last 2 analyses"):
+        Explainer(app_models, small.recent).frame(str(first), 0.5)
+
+
 def bad_uploads(tmp_path: Path, face_clip: Path, astronaut: Path) -> dict:
     text = tmp_path / "notes.txt"
     text.write_text("not a video\n" * 50)
@@ -321,6 +397,15 @@ def test_served_with_the_limits(demo):
     assert demo._queue.max_size == limits.max_queue
     analyze = next(fn for fn in demo.fns.values() if fn.api_name == "analyze")
     assert analyze.concurrency_limit == limits.concurrency
+    by_id = {fn._id: fn for fn in demo.fns.values()}
+    for name in ("explain", "explain_frame"):  # queued with the analyses, one model run at once
+        explain = next(fn for fn in demo.fns.values() if fn.api_name == name)
+        assert explain.concurrency_id == analyze.concurrency_id
+        assert explain.concurrency_limit == limits.concurrency
+        pending = by_id[explain.trigger_after]  # says "computing" at once, outside the queue
+        assert explain.trigger_only_on_success and pending.queue is False
+    explain = next(fn for fn in demo.fns.values() if fn.api_name == "explain")
+    assert by_id[by_id[explain.trigger_after].trigger_after] is analyze  # after the verdicts
     assert demo.local_url.startswith("http://127.0.0.1:")
 
 
@@ -368,6 +453,21 @@ def test_served_endpoint_yields_the_student_before_the_teacher(server, face_clip
     assert f"{data['models']['student']['video_prob']:.3f}" in student
 
 
+def test_served_heatmaps_follow_the_analysis(server, face_clip):
+    client = Client(server, verbose=False, download_files=False)  # file outputs as on the page
+    *_, result_file = client.predict(handle_file(str(face_clip)), 12, 0.55, api_name="/analyze")
+    status, pictures = client.predict(result_file, api_name="/explain")  # the clip behind it
+    assert len(pictures) == 4 * 3 and "highest fake probability" in status
+    for crop, teacher, student in zip(pictures[::3], pictures[1::3], pictures[2::3]):
+        assert " · agreement " in crop["caption"]
+        assert teacher["caption"].startswith("teacher ")
+        assert student["caption"].startswith("student ")
+    status, pictures = client.predict(result_file, 0.5, api_name="/explain_frame")
+    assert len(pictures) == 3 and "the frame at 0.50 s" in status
+    with pytest.raises(AppError, match="between 0 and 1.20 s"):
+        client.predict(result_file, 7.0, api_name="/explain_frame")
+
+
 def test_in_a_real_browser(server, examples, tmp_path):
     if not CHROMIUM.exists():
         pytest.skip(f"{CHROMIUM} is missing: `apt-get install -y chromium` (.ci/run does this)")
@@ -385,7 +485,15 @@ def test_in_a_real_browser(server, examples, tmp_path):
             chart = page.locator("#probability-chart .js-plotly-plot")
             chart.wait_for(timeout=45_000)
             page.locator("#crops img").first.wait_for(timeout=10_000)
+            page.locator("#explanations img").first.wait_for(timeout=30_000)  # after the verdicts
+            page.locator("#explanations").scroll_into_view_if_needed()  # its images load lazily
+            page.wait_for_function("() => [...document.querySelectorAll('#explanations img')]"
+                                   ".every(img => img.complete && img.naturalWidth > 0)")
             page.screenshot(path=str(screenshot), full_page=True)
+            assert "on the 4 faces with the highest" in page.locator("#explain-status").inner_text()
+            page.locator("#explain-time input").fill("1")
+            page.locator("#explain-frame").click()
+            page.get_by_text("Where the models look on the frame at").wait_for(timeout=30_000)
             assert chart.is_visible()
             assert page.locator("#cost-chart .js-plotly-plot").is_visible()
             for role in ROLES:

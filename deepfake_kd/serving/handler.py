@@ -10,13 +10,16 @@ served normally. `refuse_links` keeps the clip input to uploads.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
 import re
 import shutil
+import threading
 import time
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -60,6 +63,42 @@ class Report:
         return tuple(values[name] for name in Analyzer.OUTPUTS)
 
 
+class RecentResults:
+    """The last few analysed clips, face crops included, by the content of their result file:
+    what the heatmaps explain after the verdicts (`explaining`), for the page that holds that
+    file. By content, because Gradio hands an input file to a handler as a fresh copy; kept here
+    rather than in a gr.State, which would make every client hold a heartbeat connection open;
+    bounded by count, each clip holding its crops (150 KB a face)."""
+
+    MAX_FILE_BYTES = 16 * 2**20  # a result file is far smaller; anything larger is not one
+
+    def __init__(self, size: int):
+        self.size = size
+        self._results: OrderedDict[str, AnalysisResult] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @classmethod
+    def key(cls, path: str | Path) -> str | None:
+        try:
+            if Path(path).stat().st_size > cls.MAX_FILE_BYTES:
+                return None
+            return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+        except OSError:
+            return None
+
+    def add(self, path: str | Path, result: AnalysisResult) -> None:
+        key = self.key(path)
+        with self._lock:
+            self._results[key] = result
+            while len(self._results) > self.size:
+                self._results.popitem(last=False)
+
+    def get(self, path: str | Path | None) -> AnalysisResult | None:
+        key = self.key(path) if path else None
+        with self._lock:
+            return self._results.get(key) if key else None
+
+
 class UserError(gr.Error):
     """A message for the person at the page; no traceback in the server log."""
 
@@ -79,6 +118,8 @@ class Analyzer:
         self.detector = detector or FaceDetector()
         self.limits = limits
         self.results_dir = Path(results_dir or results_folder())
+        # every analysis waiting in the queue may finish before one's heatmaps start
+        self.recent = RecentResults(limits.max_queue + 1)
 
     def handle(self, video, num_frames, threshold, progress=gr.Progress()) -> Iterator[tuple]:
         """The Analyze button: the page's outputs, in the order of `OUTPUTS`, as soon as the
@@ -141,12 +182,15 @@ class Analyzer:
         return panel_markdown(role, self.app_models, None)
 
     def write_json(self, result: AnalysisResult) -> Path:
-        """The full result as a JSON file in a folder of its own (older ones are removed)."""
+        """The full result as a JSON file in a folder of its own (older ones are removed); the
+        clip behind it is kept in `recent`, for the heatmaps."""
         prune(self.results_dir, older_than_s=self.limits.cache_ttl_s)
         folder = self.results_dir / uuid.uuid4().hex
         folder.mkdir(parents=True)
         path = folder / f"{safe_stem(result.path)}-deepfake-kd.json"
-        return write_atomically(path, json.dumps(result.to_dict(), indent=2))
+        write_atomically(path, json.dumps(result.to_dict(), indent=2))
+        self.recent.add(path, result)
+        return path
 
 
 def results_folder() -> Path:
