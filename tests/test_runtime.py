@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from deepfake_kd.errors import DeepfakeKDError
-from deepfake_kd.pipeline.runtime import accelerate
+from deepfake_kd.models import ARCHITECTURES
+from deepfake_kd.pipeline.runtime import accelerate, batchnorm_pairs, fold_batchnorm
 from deepfake_kd.tools.analyze import parse_runtimes
 
 
@@ -16,7 +17,7 @@ def crops():
     return np.random.default_rng(0).integers(0, 256, (3, 224, 224, 3), dtype=np.uint8)
 
 
-@pytest.mark.parametrize("runtime", ["eager", "jit", "onnx"])
+@pytest.mark.parametrize("runtime", ["folded", "eager", "jit", "onnx"])
 def test_runtimes_match_eager(runtime, tiny_models, crops, tmp_path):
     if runtime == "onnx":
         pytest.importorskip("onnxruntime")
@@ -36,7 +37,7 @@ def test_runtimes_match_eager(runtime, tiny_models, crops, tmp_path):
 
 def test_parse_runtimes():
     roles = ["teacher", "student"]
-    assert parse_runtimes(None, roles) == {"teacher": "eager", "student": "eager"}
+    assert parse_runtimes(None, roles) == {"teacher": "folded", "student": "folded"}
     assert parse_runtimes(["jit"], roles) == {"teacher": "jit", "student": "jit"}
     assert parse_runtimes(["jit", "student=onnx"], roles) == {"teacher": "jit",
                                                               "student": "onnx"}
@@ -59,3 +60,34 @@ def test_int8_needs_calibration_and_stays_close(tiny_models, crops, tmp_path):
         got = int8.predict_proba(int8.preprocess(crops))
     assert int8.runtime == "onnx-int8" and torch.allclose(got, want, atol=0.02)
     assert len(list(tmp_path.glob("*-int8-*.onnx"))) == 1 and not list(tmp_path.glob("*.part*"))
+
+
+@pytest.mark.parametrize("name", sorted(ARCHITECTURES))
+def test_folding_removes_every_batchnorm_and_keeps_the_scores(name, crops):
+    """Every registered architecture folds completely (a norm left over would mean a block whose
+    layout `batchnorm_pairs` does not know), with trained-looking statistics, not the identity
+    of a fresh BatchNorm; weights outside the folded pairs are shared, not copied."""
+    torch.manual_seed(0)
+    kwargs = {"backbone": "efficientnet_lite0"} if name in ("cross-efficient-vit",
+                                                            "efficientnet-classifier") else {}
+    model = ARCHITECTURES[name](**kwargs).eval()
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    with torch.no_grad():
+        for norm in norms:
+            norm.running_mean.normal_(0, 0.5)
+            norm.running_var.uniform_(0.5, 2.0)
+            norm.weight.uniform_(0.5, 1.5)
+            norm.bias.normal_(0, 0.2)
+        for p in model.parameters():  # no zero-initialised head hiding the trunk
+            if p.ndim == 2 and not p.any():
+                p.normal_(0, 0.1)
+    assert len(batchnorm_pairs(model)) == len(norms) > 0
+    folded = fold_batchnorm(model)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    x = model.preprocess(crops)
+    with torch.inference_mode():
+        want, got = model(x), folded(x)
+    assert want.std() > 1e-5 and torch.allclose(got, want, atol=1e-5, rtol=1e-4)
+    kept = {id(p) for p in model.parameters()}
+    assert sum(id(p) in kept for p in folded.parameters()) > 0  # shared weights
+    assert accelerate(model, "folded").num_parameters() == model.num_parameters()

@@ -208,6 +208,22 @@ def test_teacher_view_logits_are_the_teachers_logits_of_those_views(crop_folder,
     assert len(list(tmp_path.glob("teacher-views-*/view*.npy"))) == 4  # 2 views x 2 chunks
 
 
+def test_views_made_beforehand_are_those_views_at_the_students_size(crop_folder, tmp_path):
+    from deepfake_kd.training.distill import cached_views, resize_crops
+    from deepfake_kd.training.train import ViewFeed
+
+    crops, _ = training_data(crop_folder)
+    feed = ViewFeed(crops[:5], Augment(), views=2, seed=1)
+    made = cached_views(feed, 32, tmp_path, chunk=3, log=lambda m: None)
+    assert made.made.shape == (5, 2, 32, 32, 3) and made.made.dtype == np.uint8
+    index, view = torch.arange(5), torch.tensor([0, 1, 1, 0, 1])
+    want = resize_crops(feed.images(index, view).permute(0, 2, 3, 1).numpy(), 32)
+    assert np.array_equal(made.images(index, view).permute(0, 2, 3, 1).numpy(), want)
+    assert len(list(tmp_path.glob("views-32px-*/view*.npy"))) == 4  # 2 views x 2 chunks
+    again = cached_views(feed, 32, tmp_path, chunk=3, log=lambda m: pytest.fail(m))  # cached
+    assert np.array_equal(again.made, made.made)
+
+
 def test_evaluate_command_reports_both_models(crop_folder, tmp_path, capsys):
     from deepfake_kd.models import CrossEfficientViT, save_model
     from tests.test_models import TINY_TEACHER

@@ -12,7 +12,7 @@ from ..errors import DeepfakeKDError
 from ..models import FaceClassifier
 from ..pipeline.analysis import AnalysisResult, FaceScore, analyze_video
 from ..pipeline.faces import FaceDetector
-from ..pipeline.runtime import CALIBRATION_CROPS, RUNTIMES, accelerate
+from ..pipeline.runtime import CALIBRATION_CROPS, DEFAULT_RUNTIME, RUNTIMES, accelerate
 from ..pipeline.video import quiet_ffmpeg
 from ..roles import DEFAULT_THRESHOLD, add_model_arguments, load_cli_models
 from ..training.data import load_crops, read_samples
@@ -40,10 +40,11 @@ def add_cli(subparsers) -> None:
 
 def add_runtime_argument(parser) -> None:
     parser.add_argument("--runtime", action="append", metavar="[ROLE=]NAME",
-                        help="inference runtime: eager (default), jit, or onnx (ONNX Runtime, "
-                             "pip install onnxruntime onnx); for every model, or ROLE=NAME for "
-                             "one (repeatable). Same probabilities, less time; onnx-int8 "
-                             "(int8, needs --calibration) changes them slightly.")
+                        help="inference runtime: folded (default: PyTorch with batch norms "
+                             "folded into the convolutions), eager (the model as trained), jit, "
+                             "or onnx (ONNX Runtime, pip install onnxruntime onnx); for every "
+                             "model, or ROLE=NAME for one (repeatable). Same probabilities, less "
+                             "time; onnx-int8 (int8, needs --calibration) changes them slightly.")
     parser.add_argument("--calibration", metavar="MANIFEST",
                         help="face crops for onnx-int8: a few hundred from this manifest's "
                              "train split")
@@ -74,7 +75,7 @@ def apply_runtimes(models: dict[str, FaceClassifier], sources: dict[str, str],
         else None
     return ({name: accelerate(model, chosen[name], calibration=crops)
              for name, model in models.items()},
-            {name: source if chosen[name] == "eager" else f"{source} [{chosen[name]}]"
+            {name: source if chosen[name] == DEFAULT_RUNTIME else f"{source} [{chosen[name]}]"
              for name, source in sources.items()})
 
 
@@ -127,7 +128,7 @@ def calibration_crops(manifest: str | Path, *, count: int = CALIBRATION_CROPS):
 
 def parse_runtimes(values: list[str] | None, roles) -> dict[str, str]:
     """['onnx'] or ['teacher=jit', 'student=onnx'] -> {role: runtime} for every role."""
-    chosen = {role: "eager" for role in roles}
+    chosen = {role: DEFAULT_RUNTIME for role in roles}
     for value in values or []:
         role, _, runtime = value.rpartition("=")
         if runtime not in RUNTIMES:

@@ -45,6 +45,7 @@ from ..models import FaceClassifier, predict_crops
 from ..pipeline.analysis import analysis_steps, analyze_video
 from ..pipeline.explain import GRADCAM_BATCH, explain_crops
 from ..pipeline.faces import CROP_SIZE, FaceDetector
+from ..pipeline.runtime import DEFAULT_RUNTIME
 from ..pipeline.video import quiet_ffmpeg
 from ..roles import add_model_arguments, load_cli_models
 from ..serving.examples import FACE_CENTRE as PHOTO_FACE_CENTRE
@@ -344,7 +345,7 @@ def runtime_auc(eager: Mapping[str, FaceClassifier], models: Mapping[str, FaceCl
     crops, labels = load_split(manifest, split, cache_dir=cache_dir)
     out = {"manifest": str(manifest), "split": split, "crops": int(len(labels))}
     for name, model in models.items():
-        if model is eager[name]:
+        if model is eager[name]:  # --runtime eager
             continue
         probs, reference = predict_crops(model, crops), predict_crops(eager[name], crops)
         entry = {"runtime": model.runtime,
@@ -378,7 +379,7 @@ def format_report(report: dict) -> str:
             cells.append(f"{lat['per_face_ms']:>12.3f} ({lat['p10_ms'] / batch:.3f}-"
                          f"{lat['p90_ms'] / batch:.3f})".rjust(30)
                          + f" {lat['gflops_per_s']:>7.1f}")
-        label = name if info["runtime"] == "eager" else f"{name} [{info['runtime']}]"
+        label = name if info["runtime"] == DEFAULT_RUNTIME else f"{name} [{info['runtime']}]"
         lines.append(f"{label:<20} {info['parameters']:>11,} "
                      f"{info['flops_per_face'] / 1e9:>10.3f}  " + "  ".join(cells))
     comp = report["comparison"]
@@ -521,7 +522,7 @@ def add_cli(subparsers) -> None:
     add_runtime_argument(parser)
     parser.add_argument("--auc-manifest", metavar="MANIFEST",
                         help="also score the face crops of this manifest's --auc-split with "
-                             "each model given a --runtime, in it and in eager: AUC of both, "
+                             "each model, in its runtime and in eager: AUC of both, "
                              "largest probability difference")
     parser.add_argument("--auc-split", default="val", help="default val")
     parser.add_argument("--json", metavar="OUT", help="also write the figures to this JSON file")

@@ -20,7 +20,7 @@ from ..models.registry import architecture
 from ..roles import ROLES, TEACHER, short_path
 from ..training.backbone_cache import cached_trunk_maps
 from ..training.data import Augment, class_balance_weights, load_split
-from ..training.distill import cached_view_logits, kd_loss_fn, resize_crops
+from ..training.distill import cached_view_logits, cached_views, kd_loss_fn, resize_crops
 from ..training.metrics import binary_metrics
 from ..training.train import (
     CropFeed,
@@ -195,6 +195,7 @@ def run_distill(args: argparse.Namespace) -> int:
     if not args.no_class_balance:
         targets["weight"] = class_balance_weights(train_labels)
     views = ViewFeed(train_crops, Augment(), views=args.views, seed=args.view_seed)
+    size = student.input_size
     if args.alpha < 1.0:
         teacher = load_model(args.teacher).to(resolve_device(args.device))
         targets["teacher_logit"] = cached_view_logits(
@@ -207,8 +208,8 @@ def run_distill(args: argparse.Namespace) -> int:
         loss_fn = hard_loss
     log(f"{type(student).__name__}: {student.num_parameters():,} parameters; alpha={args.alpha} "
         f"T={args.temperature}")
-    size = student.input_size
-    state = fit(student, train=views, train_targets=targets,
+    made = cached_views(views, size, Path(args.cache_dir), log=log)  # shared by a sweep's runs
+    state = fit(student, train=made, train_targets=targets,
                 val=CropFeed(resize_crops(val_crops, size)),
                 val_labels=val_labels, out_dir=out,
                 config=fit_config(args), loss_fn=loss_fn, frozen=frozen, log=log)

@@ -196,12 +196,16 @@ class ViewFeed:
     augment: Augment
     views: int = 4
     seed: int = 0
+    made: np.ndarray | None = None  # uint8 [N, views, s, s, 3]: every view made beforehand
 
     def __len__(self) -> int:
         return len(self.crops)
 
     def images(self, index: torch.Tensor, view: torch.Tensor) -> torch.Tensor:
-        """uint8 [B,3,H,W]: view view[j] of crop index[j]."""
+        """uint8 [B,3,H,W]: view view[j] of crop index[j] (from `made` when the views were made
+        beforehand, at the student's size: `distill.cached_views`)."""
+        if self.made is not None:
+            return torch.from_numpy(self.made[index.numpy(), view.numpy()]).permute(0, 3, 1, 2)
         cv2.setNumThreads(1)
         out = [self.augment.one(np.asarray(self.crops[i]),
                                 np.random.default_rng((self.seed, int(i), int(k))))
