@@ -70,8 +70,8 @@ class AcceleratedModel(FaceClassifier):
         self.check_input(x)
         return self._run(x.float().contiguous())
 
-    def preprocess(self, crops) -> torch.Tensor:
-        return self.model.preprocess(crops)
+    def preprocess(self, crops, *, size: int | None = None) -> torch.Tensor:
+        return self.model.preprocess(crops, size=size)
 
 
 def accelerate(model: FaceClassifier, runtime: str = DEFAULT_RUNTIME, *,
