@@ -80,6 +80,23 @@ def test_bench_writes_every_figure(face_clip, model_dirs, tmp_path, capsys):
     assert work["frames_decoded"] >= 12 and work["frames_searched"] + work["frames_followed"] == 12
 
 
+def test_candidates_are_timed_per_face_beside_the_served_models(model_dirs, tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--teacher", str(model_dirs["teacher"]),
+                 "--student", str(model_dirs["student"]), "--candidate",
+                 f"small={model_dirs['student']}", "--repeats", "2", "--warmup", "1",
+                 "--batch-sizes", "1", "--clip-repeats", "0", "--explain-repeats", "0",
+                 "--threads", "1", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert [name for name, info in report["models"].items() if info["candidate"]] == ["small"]
+    assert set(report["latency"]["1"]) == {"teacher", "student", "small"}
+    assert set(report["comparison"]) == {"baseline", "student", "small"}
+    assert main(["bench", "--teacher", str(model_dirs["teacher"]), "--student",
+                 str(model_dirs["student"]), "--candidate", "student=x", "--clip-repeats",
+                 "0"]) == 2
+    assert "--candidate student=x: give NAME=REF" in capsys.readouterr().err
+
+
 def test_made_clip_has_a_moving_face(tmp_path, detector):
     path = make_bench_clip(tmp_path / "clip.mp4", size=(960, 540), seconds=1, fps=4)
     video = sample_frames(path, num_frames=4)

@@ -41,11 +41,11 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from ..errors import DeepfakeKDError
-from ..models import FaceClassifier, predict_crops
+from ..models import FaceClassifier, load_model, predict_crops
 from ..pipeline.analysis import analysis_steps, analyze_video
 from ..pipeline.explain import GRADCAM_BATCH, explain_crops
 from ..pipeline.faces import CROP_SIZE, FaceDetector
-from ..pipeline.runtime import DEFAULT_RUNTIME
+from ..pipeline.runtime import DEFAULT_RUNTIME, accelerate
 from ..pipeline.video import quiet_ffmpeg
 from ..roles import add_model_arguments, load_cli_models
 from ..serving.examples import FACE_CENTRE as PHOTO_FACE_CENTRE
@@ -53,7 +53,7 @@ from ..serving.examples import PHOTO
 from ..training.data import load_split
 from ..training.metrics import binary_metrics
 from ..util import atomic_path, write_atomically
-from .analyze import add_runtime_argument, apply_runtimes
+from .analyze import add_runtime_argument, apply_runtimes, parse_runtimes
 from .arguments import positive_int
 
 DEFAULT_BATCH_SIZES = (1, 32)
@@ -301,11 +301,16 @@ def machine_info() -> dict:
 def run_bench(models: Mapping[str, FaceClassifier], *, sources: Mapping[str, str] | None = None,
               batch_sizes=DEFAULT_BATCH_SIZES, repeats: int = 30, warmup: int = 3,
               clip: str | Path | None = None, frames: int = 32, clip_repeats: int = 3,
-              overlap: bool = False, explain_repeats: int = 3) -> dict:
+              overlap: bool = False, explain_repeats: int = 3,
+              candidates: Mapping[str, FaceClassifier] | None = None) -> dict:
     """The full benchmark as plain JSON-ready data (`clip=None` makes the default clip;
-    `clip_repeats=0` skips the end-to-end part, `explain_repeats=0` the heatmaps)."""
+    `clip_repeats=0` skips the end-to-end part, `explain_repeats=0` the heatmaps).
+    `candidates` (e.g. students of other input sizes) join the per-face measurement only,
+    interleaved with `models` and compared with the same baseline."""
     if len(models) < 1:
         raise DeepfakeKDError("nothing to benchmark: no models")
+    served = models
+    models = {**models, **(candidates or {})}
     for model in models.values():
         model.eval()
     report: dict = {"machine": machine_info(),
@@ -319,16 +324,17 @@ def run_bench(models: Mapping[str, FaceClassifier], *, sources: Mapping[str, str
         name: {"source": (sources or {}).get(name, "in memory"),
                "architecture": type(model.unwrap()).__name__,
                "runtime": model.runtime, "input_size": model.input_size,
-               "parameters": params[name], "flops_per_face": flops[name]}
+               "parameters": params[name], "flops_per_face": flops[name],
+               "candidate": name not in served}
         for name, model in models.items()}
     latency, ratios = latency_report(models, flops, batch_sizes=batch_sizes, repeats=repeats,
                                      warmup=warmup)
     report["latency"] = latency
     report["comparison"] = comparison(models, params, flops, latency, ratios)
     if explain_repeats > 0:
-        report["explanation"] = measure_explanations(models, repeats=explain_repeats)
+        report["explanation"] = measure_explanations(served, repeats=explain_repeats)
     if clip_repeats > 0:
-        report["clip"] = measure_clip(models, clip or default_clip(), frames=frames,
+        report["clip"] = measure_clip(served, clip or default_clip(), frames=frames,
                                       repeats=clip_repeats, overlap=overlap)
     clip_peak = report.get("clip", {}).get("peak_rss_mb")
     report["peak_rss_mb"] = max(peak_rss_mb(), clip_peak or 0.0,
@@ -520,6 +526,10 @@ def add_cli(subparsers) -> None:
                         help="decode the clip in a background thread while faces are detected "
                              "(analyze_video(overlap=True)); off by default until measured")
     add_runtime_argument(parser)
+    parser.add_argument("--candidate", action="append", metavar="NAME=REF",
+                        help="another model (a folder or Hub id) timed per face beside the "
+                             "others, in the student's runtime (repeatable): e.g. students of "
+                             "other input sizes")
     parser.add_argument("--auc-manifest", metavar="MANIFEST",
                         help="also score the face crops of this manifest's --auc-split with "
                              "each model, in its runtime and in eager: AUC of both, "
@@ -537,10 +547,20 @@ def run_cli(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     eager, sources = load_cli_models(args)
     models, sources = apply_runtimes(eager, sources, args.runtime, args.calibration)
+    candidates = {}
+    for value in args.candidate or []:
+        name, _, reference = value.partition("=")
+        if not name or not reference or name in models:
+            raise DeepfakeKDError(f"--candidate {value}: give NAME=REF, with a NAME other than "
+                                  f"{', '.join(models)}")
+        candidates[name] = accelerate(load_model(reference), parse_runtimes(args.runtime,
+                                                                            ["student"])["student"])
+        sources[name] = reference
     report = run_bench(models, sources=sources, batch_sizes=args.batch_sizes,
                        repeats=args.repeats, warmup=max(args.warmup, 0), clip=args.clip,
                        frames=args.frames, clip_repeats=max(args.clip_repeats, 0),
-                       overlap=args.overlap, explain_repeats=max(args.explain_repeats, 0))
+                       overlap=args.overlap, explain_repeats=max(args.explain_repeats, 0),
+                       candidates=candidates)
     if args.auc_manifest:
         report["auc"] = runtime_auc(eager, models, args.auc_manifest, split=args.auc_split)
     print(format_report(report))
