@@ -342,7 +342,7 @@ def test_untrained_flag_stands_in_random_weights_loudly(no_weights, monkeypatch,
     monkeypatch.setenv("DEEPFAKE_KD_STUDENT", str(model_dirs["student"]))
     loaded = load_app_models()
     assert loaded.ready and loaded.untrained == ["teacher"]
-    assert isinstance(loaded.models["teacher"], CrossEfficientViT)
+    assert isinstance(loaded.models["teacher"].unwrap(), CrossEfficientViT)
     assert loaded.sources == {"teacher": UNTRAINED, "student": str(model_dirs["student"])}
     assert "RANDOM WEIGHTS" in banner_markdown(loaded)
     panel = Analyzer(loaded, detector=object()).idle_panel("teacher")
@@ -357,7 +357,7 @@ def test_references_come_from_the_environment(no_weights, monkeypatch, model_dir
         monkeypatch.setenv(ROLES[role].env, str(model_dirs[role]))
     loaded = load_app_models()
     assert loaded.ready and loaded.problems == {} and banner_markdown(loaded) == ""
-    assert isinstance(loaded.models["student"], StudentCNN)
+    assert isinstance(loaded.models["student"].unwrap(), StudentCNN)
     assert loaded.sources == {role: str(model_dirs[role]) for role in ROLES}
     monkeypatch.setenv("DEEPFAKE_KD_STUDENT", "nobody/no-such-model-anywhere")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the Hub path, answered from the (empty) cache
