@@ -37,7 +37,7 @@ def test_runtimes_match_eager(runtime, tiny_models, crops, tmp_path):
 
 def test_parse_runtimes():
     roles = ["teacher", "student"]
-    assert parse_runtimes(None, roles) == {"teacher": "folded", "student": "folded"}
+    assert parse_runtimes(None, roles) == {"teacher": "eager", "student": "eager"}
     assert parse_runtimes(["jit"], roles) == {"teacher": "jit", "student": "jit"}
     assert parse_runtimes(["jit", "student=onnx"], roles) == {"teacher": "jit",
                                                               "student": "onnx"}

@@ -4,14 +4,14 @@
 `predict_proba`, `input_size` and `num_parameters` (and the same weights), whose forward pass runs
 in another runtime:
 
-- `folded`: the model in PyTorch with every batch norm folded into the convolution before it
-  (the default for analysis, the app and bench). The same arithmetic up to float rounding
-  (logits within ~1e-5), with half the layers: a tiny model called on one face is bound by
-  PyTorch's per-layer overhead, and a big batch by the memory traffic of normalising large maps
-  (measured on the 2-core Xeon: the teacher's batch of 32 went from 38 to 24 ms per face; one face
-  through a 3-stage student from 2.6 to 2.1 ms). Only the folded convolutions are copied; the rest
-  of the weights are shared with the model.
-- `eager`: the model itself (what training and the reference figures use).
+- `eager`: the model itself (the default; what training and the reference figures use).
+- `folded`: the model in PyTorch with every batch norm folded into the convolution before it:
+  the same arithmetic up to float rounding (logits within ~1e-5), half the layers. Only the
+  folded convolutions are copied; the rest of the weights are shared with the model. Not the
+  default: on the 2-core Xeon the gain did not hold up. A profile of the teacher's batch of 32
+  showed batch norm at 19% of the time, and folding it removed that, but interleaved bench runs
+  gave both signs (the teacher's batch of 32: 24 against 38 ms per face in one run, 57 against
+  40 in another).
 - `jit`: TorchScript, traced, frozen and `optimize_for_inference` (batch-norm folded into the
   convolutions, oneDNN layouts). No extra dependency.
 - `onnx`: ONNX Runtime on the model exported to ONNX (needs `pip install onnxruntime onnx`).
@@ -47,7 +47,7 @@ from ..models import FaceClassifier
 from ..util import atomic_path, write_atomically
 
 RUNTIMES = ("folded", "eager", "jit", "onnx", "onnx-int8")
-DEFAULT_RUNTIME = "folded"
+DEFAULT_RUNTIME = "eager"
 CALIBRATION_CROPS = 512  # face crops that set the int8 activation ranges
 ONNX_OPSET = 17
 
@@ -76,7 +76,7 @@ class AcceleratedModel(FaceClassifier):
 
 def accelerate(model: FaceClassifier, runtime: str = DEFAULT_RUNTIME, *,
                cache_dir: str | Path | None = None, calibration=None) -> FaceClassifier:
-    """`model` unchanged for "eager", else an `AcceleratedModel` running `runtime`.
+    """`model` unchanged for "eager" (the default), else an `AcceleratedModel` running `runtime`.
     "onnx-int8" needs `calibration`: uint8 RGB face crops [N, H, W, 3] like the ones it will
     score (a few hundred)."""
     model.eval()

@@ -1,8 +1,8 @@
 """The app's models, loaded once at start-up.
 
-`load_app_models()` loads every role (in the default runtime: batch norms folded into the
-convolutions, `pipeline.runtime`) from its environment variable (DEEPFAKE_KD_TEACHER /
-DEEPFAKE_KD_STUDENT: a folder or a Hub repo id) or the bundled `weights/`. Missing weights are
+`load_app_models()` loads every role (in `pipeline.runtime`'s default runtime) from its
+environment variable (DEEPFAKE_KD_TEACHER / DEEPFAKE_KD_STUDENT: a folder or a Hub repo id) or
+the bundled `weights/`. Missing weights are
 not a crash: they are reported (`texts.banner_markdown`) and every request is answered with the
 same explanation. DEEPFAKE_KD_UNTRAINED=1 stands random-weight models in for missing ones,
 labelled loudly everywhere.

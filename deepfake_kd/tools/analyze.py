@@ -40,8 +40,8 @@ def add_cli(subparsers) -> None:
 
 def add_runtime_argument(parser) -> None:
     parser.add_argument("--runtime", action="append", metavar="[ROLE=]NAME",
-                        help="inference runtime: folded (default: PyTorch with batch norms "
-                             "folded into the convolutions), eager (the model as trained), jit, "
+                        help="inference runtime: eager (default), folded (batch norms folded "
+                             "into the convolutions), jit, "
                              "or onnx (ONNX Runtime, pip install onnxruntime onnx); for every "
                              "model, or ROLE=NAME for one (repeatable). Same probabilities, less "
                              "time; onnx-int8 (int8, needs --calibration) changes them slightly.")

@@ -28,7 +28,7 @@ from ..util import write_atomically
 def run_evaluate(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
-    # in the runtime the app serves them in (batch norms folded: the same scores, less time)
+    # in the runtime the app serves them in
     models = {role: accelerate(load_model(cli_reference(args, role))) for role in ROLES}
     report: dict = {"references": {role: cli_reference(args, role) for role in models}}
     if args.manifest:
