@@ -1,8 +1,7 @@
 """The app's models, loaded once at start-up.
 
-`load_app_models()` loads every role (in `pipeline.runtime`'s default runtime) from its
-environment variable (DEEPFAKE_KD_TEACHER / DEEPFAKE_KD_STUDENT: a folder or a Hub repo id) or
-the bundled `weights/`. Missing weights are
+`load_app_models()` loads every role from its environment variable (DEEPFAKE_KD_TEACHER /
+DEEPFAKE_KD_STUDENT: a folder or a Hub repo id) or the bundled `weights/`. Missing weights are
 not a crash: they are reported (`texts.banner_markdown`) and every request is answered with the
 same explanation. DEEPFAKE_KD_UNTRAINED=1 stands random-weight models in for missing ones,
 labelled loudly everywhere.
@@ -15,7 +14,6 @@ from dataclasses import dataclass, field
 
 from ..errors import DeepfakeKDError, ModelNotFoundError
 from ..models import FaceClassifier, load_model
-from ..pipeline.runtime import accelerate
 from ..roles import (
     ENV_UNTRAINED,
     ROLES,
@@ -51,13 +49,13 @@ def load_app_models(*, untrained: bool | None = None) -> AppModels:
     for role in ROLES:
         reference = default_reference(role)
         try:
-            loaded.models[role] = accelerate(load_model(reference))
+            loaded.models[role] = load_model(reference).eval()
             loaded.sources[role] = reference
             continue
         except Exception as exc:  # a half-written or foreign folder must not stop the app
             loaded.problems[role] = load_problem(role, reference, exc)
         if untrained:
-            loaded.models[role] = accelerate(untrained_model(role))  # as the CLI's --untrained
+            loaded.models[role] = untrained_model(role)  # as the CLI's --untrained
             loaded.sources[role] = UNTRAINED
             loaded.untrained.append(role)
     return loaded

@@ -11,7 +11,6 @@ from pathlib import Path
 import torch
 
 from ..models import load_model
-from ..pipeline.runtime import accelerate
 from ..roles import DEFAULT_THRESHOLD, ROLES, add_reference_arguments, cli_reference
 from ..training.data import load_split
 from ..training.evaluate import (
@@ -28,8 +27,7 @@ from ..util import write_atomically
 def run_evaluate(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
-    # in the runtime the app serves them in
-    models = {role: accelerate(load_model(cli_reference(args, role))) for role in ROLES}
+    models = {role: load_model(cli_reference(args, role)) for role in ROLES}
     report: dict = {"references": {role: cli_reference(args, role) for role in models}}
     if args.manifest:
         crops, labels = load_split(args.manifest, args.split, cache_dir=args.cache_dir,

@@ -60,22 +60,13 @@ def cached_view_logits(teacher_ref: str, teacher: FaceClassifier, views: ViewFee
         digest.update(f"{path.name}:{path.stat().st_size}:{path.stat().st_mtime_ns}".encode())
     digest.update(f"{views_key(views)}|{bf16}".encode())
     folder = Path(cache_dir) / f"teacher-views-{digest.hexdigest()[:16]}"
-    folder.mkdir(parents=True, exist_ok=True)
+
+    def score(images: np.ndarray) -> np.ndarray:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            return feed_logits(teacher, CropFeed(images))
+
     out = np.empty((len(views), views.views), dtype=np.float32)
-    for k in range(views.views):
-        for start in range(0, len(views), chunk):
-            path = folder / f"view{k}-{start:07d}.npy"
-            if not path.is_file():
-                index = torch.arange(start, min(start + chunk, len(views)))
-                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                    images = views.images(index, torch.full_like(index, k))
-                    logits = feed_logits(teacher, CropFeed(images.permute(0, 2, 3, 1).numpy()))
-                with atomic_path(path) as tmp:  # never half a file
-                    np.save(tmp, logits)
-                log(f"teacher logits: view {k}, crops {start}-{start + len(index)} of "
-                    f"{len(views)}")
-            out[start:start + chunk, k] = np.load(path)
-    return out
+    return fill_per_view(views, folder, out, score, what="teacher logits", chunk=chunk, log=log)
 
 
 def views_key(views: ViewFeed) -> str:
@@ -92,8 +83,18 @@ def cached_views(views: ViewFeed, size: int, cache_dir: Path, *, chunk: int = 20
     again. Cached in chunks like the teacher's logits, so a killed run resumes."""
     digest = hashlib.sha1(f"{views_key(views)}|{size}".encode()).hexdigest()[:16]
     folder = Path(cache_dir) / f"views-{size}px-{digest}"
-    folder.mkdir(parents=True, exist_ok=True)
     made = np.empty((len(views), views.views, size, size, 3), dtype=np.uint8)
+    fill_per_view(views, folder, made, lambda images: resize_crops(images, size),
+                  what=f"views at {size} px", chunk=chunk, log=log)
+    return dataclasses.replace(views, made=made)
+
+
+def fill_per_view(views: ViewFeed, folder: Path, out: np.ndarray, compute, *, what: str,
+                  chunk: int, log) -> np.ndarray:
+    """out[i, k] = compute(view k of crops i..)[i], made a chunk of `chunk` crops at a time from
+    uint8 views [n, H, W, 3] and cached in `folder` one file per view and chunk (written whole or
+    not at all), so a killed run resumes at the chunk it was in."""
+    folder.mkdir(parents=True, exist_ok=True)
     for k in range(views.views):
         for start in range(0, len(views), chunk):
             path = folder / f"view{k}-{start:07d}.npy"
@@ -101,11 +102,10 @@ def cached_views(views: ViewFeed, size: int, cache_dir: Path, *, chunk: int = 20
                 index = torch.arange(start, min(start + chunk, len(views)))
                 images = views.images(index, torch.full_like(index, k))
                 with atomic_path(path) as tmp:
-                    np.save(tmp, resize_crops(images.permute(0, 2, 3, 1).numpy(), size))
-                log(f"views at {size} px: view {k}, crops {start}-{start + len(index)} of "
-                    f"{len(views)}")
-            made[start:start + chunk, k] = np.load(path)
-    return dataclasses.replace(views, made=made)
+                    np.save(tmp, compute(images.permute(0, 2, 3, 1).numpy()))
+                log(f"{what}: view {k}, crops {start}-{start + len(index)} of {len(views)}")
+            out[start:start + chunk, k] = np.load(path)
+    return out
 
 
 def resize_crops(crops: np.ndarray, size: int, *, batch_size: int = 512) -> np.ndarray:
