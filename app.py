@@ -152,9 +152,10 @@ def main() -> None:
     bound_heap()  # before any request thread exists
     try:
         limits = AppLimits.from_env()  # README "Using the app": the variables that tune them
+        app_models = load_app_models()
     except DeepfakeKDError as exc:
         raise SystemExit(f"error: {exc}") from None
-    demo = build_demo(load_app_models(), detector=FaceDetector(), limits=limits)
+    demo = build_demo(app_models, detector=FaceDetector(), limits=limits)
     launch(demo, limits)
 
 

@@ -20,6 +20,7 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
 import app
+from deepfake_kd.errors import DeepfakeKDError
 from deepfake_kd.limits import AppLimits, Limits
 from deepfake_kd.models import CrossEfficientViT, StudentCNN
 from deepfake_kd.pipeline.analysis import FAKE, NO_FACE, REAL
@@ -372,6 +373,39 @@ def test_references_come_from_the_environment(no_weights, monkeypatch, model_dir
     monkeypatch.setenv("DEEPFAKE_KD_STUDENT", str(broken))
     loaded = load_app_models()  # a banner, not a crash at start-up
     assert not loaded.ready and str(broken) in loaded.problems["student"]
+
+
+def test_models_run_behind_the_runtime_the_environment_names(no_weights, monkeypatch, model_dirs,
+                                                              tmp_path):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    monkeypatch.setenv("DEEPFAKE_KD_CACHE", str(tmp_path / "cache"))
+    for role in ROLES:
+        monkeypatch.setenv(ROLES[role].env, str(model_dirs[role]))
+    monkeypatch.setenv("DEEPFAKE_KD_RUNTIME", "onnx")
+    loaded = load_app_models()
+    assert loaded.ready and loaded.fallbacks == {} and banner_markdown(loaded) == ""
+    assert {model.runtime for model in loaded.models.values()} == {"onnx"}
+    assert isinstance(loaded.models["student"].unwrap(), StudentCNN)  # Grad-CAM runs on it
+    assert "**Runs on:** ONNX Runtime" in panel_markdown("teacher", loaded, None)
+    monkeypatch.setenv("DEEPFAKE_KD_RUNTIME", "tensorrt")
+    with pytest.raises(DeepfakeKDError, match="DEEPFAKE_KD_RUNTIME=tensorrt: choose one of"):
+        load_app_models()
+
+
+def test_a_runtime_that_cannot_be_built_falls_back_to_eager(no_weights, monkeypatch, model_dirs):
+    def broken(model, runtime):
+        raise DeepfakeKDError("the onnx runtime needs ONNX Runtime: pip install onnxruntime onnx")
+
+    monkeypatch.setattr("deepfake_kd.serving.loading.accelerate", broken)
+    for role in ROLES:
+        monkeypatch.setenv(ROLES[role].env, str(model_dirs[role]))
+    loaded = load_app_models(runtime="onnx")  # served, only slower, and the banner says why
+    assert loaded.ready and {model.runtime for model in loaded.models.values()} == {"eager"}
+    assert set(loaded.fallbacks) == set(ROLES)
+    assert "- **teacher** runs eager PyTorch, not onnx: the onnx runtime needs ONNX Runtime: " \
+           "pip install onnxruntime onnx" in banner_markdown(loaded)
+    assert "**Runs on:** PyTorch" in panel_markdown("student", loaded, None)
 
 
 # --- served: gradio_client, then a real browser -------------------------------------------

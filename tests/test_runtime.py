@@ -91,3 +91,17 @@ def test_folding_removes_every_batchnorm_and_keeps_the_scores(name, crops):
     kept = {id(p) for p in model.parameters()}
     assert sum(id(p) in kept for p in folded.parameters()) > 0  # shared weights
     assert accelerate(model, "folded").num_parameters() == model.num_parameters()
+
+
+def test_onnx_without_a_writable_cache_still_runs(tiny_models, crops, tmp_path):
+    """A host whose home is read-only: the export is used from memory, with a warning."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a folder")
+    student = tiny_models["student"]
+    with pytest.warns(UserWarning, match="cannot cache the ONNX export.*DEEPFAKE_KD_CACHE"):
+        fast = accelerate(student, "onnx", cache_dir=blocked / "onnx")
+    with torch.inference_mode():
+        want = student.predict_proba(student.preprocess(crops))
+        assert torch.allclose(fast.predict_proba(fast.preprocess(crops)), want, atol=1e-5)

@@ -4,7 +4,9 @@
 DEEPFAKE_KD_STUDENT: a folder or a Hub repo id) or the bundled `weights/`. Missing weights are
 not a crash: they are reported (`texts.banner_markdown`) and every request is answered with the
 same explanation. DEEPFAKE_KD_UNTRAINED=1 stands random-weight models in for missing ones,
-labelled loudly everywhere.
+labelled loudly everywhere. Each model then runs behind the runtime DEEPFAKE_KD_RUNTIME names
+(default: `pipeline.runtime.DEFAULT_RUNTIME`); a model whose runtime cannot be built (say, ONNX
+Runtime not installed) runs eager, and the banner says why.
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ from dataclasses import dataclass, field
 
 from ..errors import DeepfakeKDError, ModelNotFoundError
 from ..models import FaceClassifier, load_model
+from ..pipeline.runtime import DEFAULT_RUNTIME, RUNTIMES, accelerate
 from ..roles import (
+    ENV_PREFIX,
     ENV_UNTRAINED,
     ROLES,
     UNTRAINED,
@@ -25,6 +29,8 @@ from ..roles import (
 )
 from ..util import env_flag
 
+ENV_RUNTIME = f"{ENV_PREFIX}RUNTIME"
+
 
 @dataclass
 class AppModels:
@@ -34,30 +40,44 @@ class AppModels:
     sources: dict[str, str]  # role -> the reference it was loaded from, or UNTRAINED
     problems: dict[str, str] = field(default_factory=dict)  # role -> why it did not load
     untrained: list[str] = field(default_factory=list)  # roles running on random weights
+    fallbacks: dict[str, str] = field(default_factory=dict)  # role -> why it runs eager instead
 
     @property
     def ready(self) -> bool:
         return all(role in self.models for role in ROLES)
 
 
-def load_app_models(*, untrained: bool | None = None) -> AppModels:
-    """Each role from its environment variable or the bundled weights; never raises for weights
-    that are missing or broken. `untrained` (default: DEEPFAKE_KD_UNTRAINED) builds random
-    weights for the roles that failed."""
+def load_app_models(*, untrained: bool | None = None, runtime: str | None = None
+                    ) -> AppModels:
+    """Each role from its environment variable or the bundled weights, behind `runtime`
+    (default: DEEPFAKE_KD_RUNTIME, else the default runtime); never raises for weights that are
+    missing or broken, nor for a runtime that cannot run them. `untrained` (default:
+    DEEPFAKE_KD_UNTRAINED) builds random weights for the roles that failed."""
     untrained = env_flag(ENV_UNTRAINED) if untrained is None else untrained
+    runtime = runtime or os.environ.get(ENV_RUNTIME) or DEFAULT_RUNTIME
+    if runtime not in RUNTIMES or runtime == "onnx-int8":  # int8 needs calibration crops
+        raise DeepfakeKDError(f"{ENV_RUNTIME}={runtime}: choose one of "
+                              f"{', '.join(r for r in RUNTIMES if r != 'onnx-int8')}")
     loaded = AppModels(models={}, sources={})
     for role in ROLES:
         reference = default_reference(role)
         try:
-            loaded.models[role] = load_model(reference).eval()
+            model = load_model(reference).eval()
             loaded.sources[role] = reference
-            continue
         except Exception as exc:  # a half-written or foreign folder must not stop the app
             loaded.problems[role] = load_problem(role, reference, exc)
-        if untrained:
-            loaded.models[role] = untrained_model(role)  # as the CLI's --untrained
+            if not untrained:
+                continue
+            model = untrained_model(role)  # as the CLI's --untrained
             loaded.sources[role] = UNTRAINED
             loaded.untrained.append(role)
+        try:
+            loaded.models[role] = accelerate(model, runtime)
+        except Exception as exc:  # the app still serves, only slower
+            detail = str(exc) if isinstance(exc, DeepfakeKDError) \
+                else f"{type(exc).__name__}: {exc}"
+            loaded.fallbacks[role] = f"runs eager PyTorch, not {runtime}: {detail}"
+            loaded.models[role] = model
     return loaded
 
 

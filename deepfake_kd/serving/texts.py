@@ -10,6 +10,7 @@ from typing import Sequence
 import numpy as np
 
 from ..pipeline.analysis import FAKE, NO_FACE, REAL, AnalysisResult, ModelResult
+from ..pipeline.runtime import RUNTIME_LABELS
 from ..roles import ENV_UNTRAINED, ROLES, STUDENT, TEACHER, UNTRAINED, short_path
 from .loading import AppModels
 from .plots import face_label
@@ -60,6 +61,7 @@ def banner_markdown(app_models: AppModels) -> str:
                   if role in app_models.problems]
         parts.append("Their fake probabilities and verdicts mean **nothing**; the pipeline, "
                      "the inference times and the parameter counts are real.")
+    parts += [f"- **{role}** {why}" for role, why in app_models.fallbacks.items()]
     return "\n\n".join(parts)
 
 
@@ -104,7 +106,8 @@ def panel_markdown(role: str, app_models: AppModels, result: AnalysisResult | No
                 f"**Inference:** {inference_text(scores, len(result.faces))}"]
     count = model.num_parameters()
     rows += [f"**Parameters:** {count:,}" + (f" ({millions(count)})" if count >= 1e5 else ""),
-             f"**Weights:** {describe_source(app_models.sources[role])}"]
+             f"**Weights:** {describe_source(app_models.sources[role])}",
+             f"**Runs on:** {RUNTIME_LABELS[model.runtime]}"]
     return "\n\n".join(lines) + "\n\n" + "\n".join(f"- {row}" for row in rows)
 
 
