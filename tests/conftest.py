@@ -95,6 +95,15 @@ def landscape_frames() -> list[np.ndarray]:
             blank_frame(LANDSCAPE), noise_frame(LANDSCAPE, 1)]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def onnx_cache(tmp_path_factory):
+    """ONNX exports of the tiny models (the default runtime) go to a temporary folder, never
+    into the user's cache; subprocesses (the served app, the CLI) inherit it."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DEEPFAKE_KD_CACHE", str(tmp_path_factory.mktemp("onnx-cache")))
+        yield
+
+
 @pytest.fixture(scope="session")
 def astronaut() -> Path:
     return ASTRONAUT

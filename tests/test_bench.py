@@ -36,7 +36,7 @@ def test_bench_writes_every_figure(face_clip, model_dirs, tmp_path, capsys):
     for info in report["models"].values():
         assert info["parameters"] > 0 and info["flops_per_face"] > 0
     assert report["models"]["teacher"]["source"] == str(model_dirs["teacher"])
-    assert report["models"]["teacher"]["runtime"] == "eager"
+    assert report["models"]["teacher"]["runtime"] == "onnx"  # the default
     assert report["models"]["student"]["source"] == f"{model_dirs['student']} [jit]"
     assert report["models"]["student"]["runtime"] == "jit"
     assert report["models"]["student"]["architecture"] == "StudentCNN"

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -37,7 +42,7 @@ def test_runtimes_match_eager(runtime, tiny_models, crops, tmp_path):
 
 def test_parse_runtimes():
     roles = ["teacher", "student"]
-    assert parse_runtimes(None, roles) == {"teacher": "eager", "student": "eager"}
+    assert parse_runtimes(None, roles) == {"teacher": "onnx", "student": "onnx"}
     assert parse_runtimes(["jit"], roles) == {"teacher": "jit", "student": "jit"}
     assert parse_runtimes(["jit", "student=onnx"], roles) == {"teacher": "jit",
                                                               "student": "onnx"}
@@ -105,3 +110,18 @@ def test_onnx_without_a_writable_cache_still_runs(tiny_models, crops, tmp_path):
     with torch.inference_mode():
         want = student.predict_proba(student.preprocess(crops))
         assert torch.allclose(fast.predict_proba(fast.preprocess(crops)), want, atol=1e-5)
+
+
+def test_onnx_runtime_sends_and_stores_no_telemetry(tmp_path):
+    """onnxruntime >= 1.29 would write a session file into TMPDIR (and a device id into the
+    home) and upload usage events; the runtime imports it with its telemetry off."""
+    pytest.importorskip("onnxruntime")
+    env = {k: v for k, v in os.environ.items() if k != "ORT_DISABLE_TELEMETRY"}
+    env.update(TMPDIR=str(tmp_path / "tmp"), HOME=str(tmp_path / "home"),
+               PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    (tmp_path / "tmp").mkdir()
+    (tmp_path / "home").mkdir()
+    code = ("from deepfake_kd.pipeline.runtime import import_onnxruntime; "
+            "ort = import_onnxruntime(); ort.SessionOptions()")
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=120)
+    assert not list((tmp_path / "tmp").rglob("*")) and not list((tmp_path / "home").rglob("*"))
