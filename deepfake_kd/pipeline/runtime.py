@@ -19,8 +19,9 @@ in another runtime:
   first load pays for it (about 8 s for the teacher). Why the default: on the idle 2-core Xeon,
   in one `bench` run each, it took the teacher from 43.9 to 38.7 ms per face at batch 1 and from
   39.4 to 18.5 ms at batch 32, and the student from 4.0 to 1.6 and 2.4 to 0.9 ms, so the clip
-  from 4.03 to 3.16 s. The cost: ONNX Runtime holds its own copy of the weights (the teacher:
-  about +0.5 GB of resident memory; the eager model stays for Grad-CAM).
+  from 4.03 to 3.16 s. The cost is memory: ONNX Runtime holds its own copy of the weights (the
+  teacher: about +0.5 GB; the eager model stays for Grad-CAM) and keeps its largest batch's
+  activations (below).
 - `onnx-int8`: the ONNX model statically quantised to int8 (per-channel weights, activation
   ranges from real face crops passed as `calibration`); about twice as fast again for the
   student on a CPU with VNNI. It changes the arithmetic: use it only where
@@ -56,6 +57,7 @@ DEFAULT_RUNTIME = "onnx"
 RUNTIME_LABELS = {  # what a page says a model runs on
     "eager": "PyTorch", "folded": "PyTorch, batch norms folded", "jit": "TorchScript",
     "onnx": "ONNX Runtime", "onnx-int8": "ONNX Runtime, int8"}
+ENV_CACHE = "DEEPFAKE_KD_CACHE"  # where ONNX exports are kept (default ~/.cache/deepfake-kd/onnx)
 CALIBRATION_CROPS = 512  # face crops that set the int8 activation ranges
 ONNX_OPSET = 17
 
@@ -178,7 +180,7 @@ def weights_key(model: FaceClassifier) -> str:
 
 
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("DEEPFAKE_KD_CACHE")
+    return Path(os.environ.get(ENV_CACHE)
                 or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
                 / "deepfake-kd") / "onnx"
 
@@ -274,10 +276,11 @@ def onnx_runner(model: FaceClassifier, *, cache_dir: str | Path | None = None,
     options.inter_op_num_threads = 1
     # Spinning worker threads would take CPU from face detection and the other model.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    # No memory arena: it would keep the largest batch's activations for the life of the
-    # process (+800 MB after the teacher's batch of 32, measured); without it the memory goes
-    # back after each call, at the same speed.
-    options.enable_cpu_mem_arena = False
+    # The memory arena (ONNX Runtime's default) keeps the largest batch's activations for the
+    # life of the session: the teacher's batch of 16 leaves +417 MB (32: +840 MB). Without it,
+    # or shrinking it after every call, every call maps fresh memory: measured on the 2-core
+    # Xeon, the teacher's batch of 16 took 19.6 instead of 13.3 ms per face, the student's
+    # batch of 32 1.2 instead of 0.6 ms. `analysis.MODEL_BATCH` bounds what it keeps.
     session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 
     def run(x: torch.Tensor) -> torch.Tensor:

@@ -12,6 +12,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+from ...pipeline.runtime import ENV_CACHE
 from ...roles import ENV_PREFIX, PROJECT_ROOT
 
 APP = PROJECT_ROOT / "app.py"
@@ -51,7 +52,8 @@ class Server:
         self.cwd.mkdir(parents=True, exist_ok=True)
         port = free_port()
         inherited = {k: v for k, v in os.environ.items()  # no stray DEEPFAKE_KD_UNTRAINED=1
-                     if not k.startswith(ENV_PREFIX) and k != "GRADIO_TEMP_DIR"}
+                     if (not k.startswith(ENV_PREFIX) or k == ENV_CACHE)  # exports: reused
+                     and k != "GRADIO_TEMP_DIR"}
         env = {**inherited, **self.env, "TMPDIR": str(self.tmp),
                "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port),
                "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1"}
