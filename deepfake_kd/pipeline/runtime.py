@@ -17,9 +17,10 @@ in another runtime:
 - `onnx`: ONNX Runtime on the model exported to ONNX: the default (the app, `analyze`,
   `bench`). The export is cached on disk (DEEPFAKE_KD_CACHE), keyed by the weights, so only the
   first load pays for it (about 8 s for the teacher). Why the default: on the idle 2-core Xeon,
-  in one `bench` run each, it took the teacher from 43.9 to 38.7 ms per face at batch 1 and from
-  39.4 to 18.5 ms at batch 32, and the student from 4.0 to 1.6 and 2.4 to 0.9 ms, so the clip
-  from 4.03 to 3.16 s. The cost is memory: ONNX Runtime holds its own copy of the weights (the
+  in one `bench` session, it took the teacher from 46.6 to 28.6 ms per face at batch 1 and from
+  26.2 to 13.2 ms at batch 32, the student (96 px) from 4.36 to 1.16 and 1.67 to 0.87 ms, and
+  the whole clip from 3.29 / 3.13 s to 2.42 / 2.90 s (two runs each; README "Performance").
+  The cost is memory: ONNX Runtime holds its own copy of the weights (the
   teacher: about +0.5 GB; the eager model stays for Grad-CAM) and keeps its largest batch's
   activations (below).
 - `onnx-int8`: the ONNX model statically quantised to int8 (per-channel weights, activation
@@ -86,7 +87,7 @@ class AcceleratedModel(FaceClassifier):
 
 def accelerate(model: FaceClassifier, runtime: str = DEFAULT_RUNTIME, *,
                cache_dir: str | Path | None = None, calibration=None) -> FaceClassifier:
-    """`model` unchanged for "eager" (the default), else an `AcceleratedModel` running `runtime`.
+    """`model` unchanged for "eager", else an `AcceleratedModel` running `runtime`.
     "onnx-int8" needs `calibration`: uint8 RGB face crops [N, H, W, 3] like the ones it will
     score (a few hundred)."""
     model.eval()
