@@ -31,6 +31,7 @@ FAKE, REAL, NO_FACE = "FAKE", "REAL", "NO FACE"
 # Crops per model call: bounds memory on clips with many faces, and what ONNX Runtime's arena
 # keeps after a call (the teacher: +417 MB at 16, +840 MB at 32, for 13.3 and 13.0 ms per face).
 MODEL_BATCH = 16
+OVERLAP_DECODING = True  # decode in a background thread while faces are detected
 
 
 @dataclass
@@ -123,7 +124,7 @@ def analysis_steps(path: str | Path, models: Mapping[str, FaceClassifier], *,
                    detector: FaceDetector | None = None, limits: Limits = Limits(),
                    sources: Mapping[str, str] | None = None, min_track_share: float = 0.2,
                    progress: Callable[[float, str], None] | None = None,
-                   overlap: bool = True) -> Iterator[AnalysisResult]:
+                   overlap: bool = OVERLAP_DECODING) -> Iterator[AnalysisResult]:
     """The result once each model has scored, models in order of size (smallest first: the
     quickest answer comes first); the last one is complete. Each lists the models scored so
     far in the order of `models`, and faces with their scores.
@@ -179,7 +180,7 @@ def analysis_steps(path: str | Path, models: Mapping[str, FaceClassifier], *,
 
 
 def frames_and_faces(path: str | Path, *, num_frames: int, limits: Limits,
-                     detector: FaceDetector, overlap: bool = True,
+                     detector: FaceDetector, overlap: bool,
                      progress: Callable[[float], None] = lambda fraction: None
                      ) -> tuple[SampledVideo, list[list[Face]], dict[str, float], dict[str, int]]:
     """Sampled frames, faces per frame, timings: `sampling` (decoding, wall time),
@@ -188,11 +189,12 @@ def frames_and_faces(path: str | Path, *, num_frames: int, limits: Limits,
 
     With `overlap`, frames decode in a background thread while MTCNN runs on the batches
     already decoded (the decoder releases the GIL), so the two stages share the wall time;
-    `sampling` + `detection` - `frames_and_faces` is what that saved. On by default: on idle
-    2-core Xeons (`bench --clip lynaeydofd.mp4`, median of 3, against `bench --sequential`) it
-    saved 0.16, 0.19 and 0.21 s in three runs over two sessions (the student's answer 2.64 ->
-    2.45 s in the last); on the 2-core EPYC shared with training jobs it saved nothing (the four
-    dev clips: 24.2 s sequential, 24.6 s overlapped, interleaved). Same frames, same faces."""
+    `sampling` + `detection` - `frames_and_faces` is what that saved. On by default
+    (`OVERLAP_DECODING`): on idle 2-core Xeons (`bench --clip lynaeydofd.mp4`, median of 3) it
+    saved 0.16-0.30 s within each of six runs over two sessions; between runs the totals swing
+    by about 0.4 s, and two interleaved pairs against `bench --sequential` disagreed on which
+    was faster. On the 2-core EPYC shared with training jobs it saved nothing (the four dev
+    clips: 24.2 s sequential, 24.6 s overlapped, interleaved). Same frames, same faces."""
     start = time.perf_counter()
     counts: dict[str, int] = {}
     if not overlap:

@@ -42,7 +42,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from ..errors import DeepfakeKDError
 from ..models import FaceClassifier, load_model, predict_crops
-from ..pipeline.analysis import analysis_steps, analyze_video
+from ..pipeline.analysis import OVERLAP_DECODING, analysis_steps, analyze_video
 from ..pipeline.explain import GRADCAM_BATCH, explain_crops
 from ..pipeline.faces import CROP_SIZE, FaceDetector
 from ..pipeline.runtime import DEFAULT_RUNTIME, accelerate
@@ -236,7 +236,7 @@ def rss_mb() -> float:
 
 
 def measure_clip(models: Mapping[str, FaceClassifier], clip: str | Path, *, frames: int,
-                 repeats: int, overlap: bool = True) -> dict:
+                 repeats: int, overlap: bool = OVERLAP_DECODING) -> dict:
     """Median stage times over `repeats` full analyses of `clip`, after a short warm-up."""
     detector = FaceDetector()  # built once, outside the timing, as the app and CLI do
     analyze_video(clip, models, num_frames=min(2, frames), detector=detector,
@@ -301,7 +301,7 @@ def machine_info() -> dict:
 def run_bench(models: Mapping[str, FaceClassifier], *, sources: Mapping[str, str] | None = None,
               batch_sizes=DEFAULT_BATCH_SIZES, repeats: int = 30, warmup: int = 3,
               clip: str | Path | None = None, frames: int = 32, clip_repeats: int = 3,
-              overlap: bool = True, explain_repeats: int = 3,
+              overlap: bool = OVERLAP_DECODING, explain_repeats: int = 3,
               candidates: Mapping[str, FaceClassifier] | None = None) -> dict:
     """The full benchmark as plain JSON-ready data (`clip=None` makes the default clip;
     `clip_repeats=0` skips the end-to-end part, `explain_repeats=0` the heatmaps).
