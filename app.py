@@ -94,8 +94,8 @@ def build_demo(app_models: AppModels, *, detector: FaceDetector | None = None,
                                 outputs=[outputs[name] for name in Analyzer.OUTPUTS],
                                 api_name="analyze", concurrency_limit=limits.concurrency,
                                 concurrency_id=MODELS_BUSY)
-        explain_section(Explainer(app_models, analyzer.recent), button, analysis, result_file,
-                        limits)
+        explain_section(Explainer(app_models, analyzer.recent, analyzer.files), button, analysis,
+                        result_file, limits)
     demo.queue(max_size=limits.max_queue, default_concurrency_limit=limits.concurrency)
     return demo
 

@@ -18,6 +18,7 @@ import pytest
 import torch
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
+from PIL import Image
 
 import app
 from deepfake_kd.errors import DeepfakeKDError
@@ -27,7 +28,7 @@ from deepfake_kd.pipeline.analysis import FAKE, NO_FACE, REAL
 from deepfake_kd.roles import ROLES, UNTRAINED
 from deepfake_kd.serving.examples import example_clips
 from deepfake_kd.serving.explaining import EXPLAIN_IDLE, NOTHING_TO_EXPLAIN, Explainer
-from deepfake_kd.serving.handler import Analyzer
+from deepfake_kd.serving.handler import Analyzer, gallery_files
 from deepfake_kd.serving.loading import AppModels, load_app_models
 from deepfake_kd.serving.texts import banner_markdown, panel_markdown, times
 
@@ -198,6 +199,22 @@ def test_a_clip_without_faces_is_explained(analyzer, no_face_clip):
     assert "smaller" in report.summary and "faster" not in report.summary
 
 
+def test_gallery_pictures_are_files_of_the_request_written_once(report, tmp_path):
+    """The page gets the crops as files in the request's own folder, named by content: an
+    answer that shows the same face again reuses the file and never rewrites it (Gradio's own
+    saving rewrites it in place, which a concurrent download of it reads half-written)."""
+    shown = report.outputs()[Analyzer.OUTPUTS.index("gallery")]
+    assert [caption for _, caption in shown] == [caption for _, caption in report.gallery]
+    for (path, _), (crop, _) in zip(shown, report.gallery):
+        assert Path(path).parent == report.folder and close_to(picture(path), crop)
+    before = {path: os.stat(path).st_ino for path, _ in shown}
+    again = gallery_files(report.gallery[:2] + report.gallery[:1], report.folder)
+    assert [path for path, _ in again] == [shown[0][0], shown[1][0], shown[0][0]]
+    assert all(os.stat(path).st_ino == before[path] for path, _ in again)
+    elsewhere = gallery_files(report.gallery[:1], tmp_path)
+    assert Path(elsewhere[0][0]).parent == tmp_path
+
+
 def test_gallery_is_capped_and_spread_over_the_clip(app_models, detector, report):
     capped = Analyzer(app_models, detector=detector, limits=AppLimits(max_gallery=3))
     captions = [caption for _, caption in capped.render(report.result).gallery]
@@ -215,7 +232,17 @@ def explainer(app_models, analyzer) -> Explainer:
     for head in (teacher.sm_head, teacher.lg_head):
         torch.nn.init.normal_(head[-1].weight)
     return Explainer(AppModels(models={**app_models.models, "teacher": teacher.eval()},
-                               sources=app_models.sources), analyzer.recent)
+                               sources=app_models.sources), analyzer.recent, analyzer.files)
+
+
+def picture(path: str) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("RGB"))
+
+
+def close_to(decoded: np.ndarray, original: np.ndarray) -> bool:
+    """A lossy WebP picture of `original`: the same shape, within a few levels on average."""
+    return (decoded.shape == original.shape
+            and np.abs(decoded.astype(int) - original.astype(int)).mean() < 6)
 
 
 def test_heatmaps_of_the_most_suspicious_faces_side_by_side(explainer, report):
@@ -229,8 +256,8 @@ def test_heatmaps_of_the_most_suspicious_faces_side_by_side(explainer, report):
     worst = sorted(result.faces, key=lambda face: -max(face.probs.values()))[:4]
     for (crop, about), (teacher, teacher_score), (student, student_score), face in zip(
             *zip(*rows), worst):
-        assert np.array_equal(crop, face.crop)
-        assert teacher.shape == student.shape == (224, 224, 3) and teacher.dtype == np.uint8
+        assert close_to(picture(crop), face.crop)
+        assert picture(teacher).shape == picture(student).shape == (224, 224, 3)
         assert teacher_score == f"teacher {face.probs['teacher']:.2f}"
         assert student_score == f"student {face.probs['student']:.2f}"
         time, agreement = about.split(" · ")
@@ -275,7 +302,7 @@ def test_only_the_last_analyses_are_kept(app_models, detector, report, tmp_path)
     copy_of_second.write_bytes(second.read_bytes())
     assert small.recent.get(copy_of_second) is results[1]
     with pytest.raises(gr.Error, match="Analyze a clip first.*last 2 analyses"):
-        Explainer(app_models, small.recent).frame(str(first), 0.5)
+        Explainer(app_models, small.recent, small.files).frame(str(first), 0.5)
 
 
 def bad_uploads(tmp_path: Path, face_clip: Path, astronaut: Path) -> dict:

@@ -26,7 +26,7 @@ from ..pipeline.explain import (
     most_suspicious,
     overlay,
 )
-from .handler import RecentResults, UserError
+from .handler import RecentResults, ResultFiles, UserError, gallery_files
 from .loading import AppModels
 from .plots import face_label
 
@@ -44,10 +44,11 @@ class Explainer:
 
     OUTPUTS = ("explain_status", "explanations")
 
-    def __init__(self, app_models: AppModels, results: RecentResults, *,
+    def __init__(self, app_models: AppModels, results: RecentResults, files: ResultFiles, *,
                  faces: int = EXPLAINED_FACES):
         self.app_models = app_models
         self.results = results
+        self.files = files  # where the gallery's pictures go, a folder per request
         self.faces = faces
 
     def result_of(self, result_file) -> AnalysisResult | None:
@@ -130,8 +131,8 @@ class Explainer:
         if self.app_models.untrained:
             lines.append(f"⚠️ The {' and '.join(self.app_models.untrained)} "
                          "run on random weights: their heatmaps mean nothing.")
-        return "\n\n".join(lines), [item for face in explanation.faces
-                                    for item in gallery_row(face)]
+        items = [item for face in explanation.faces for item in gallery_row(face)]
+        return "\n\n".join(lines), gallery_files(items, self.files.new_folder()) if items else []
 
 
 def gallery_row(face: FaceExplanation) -> list[tuple[np.ndarray, str]]:

@@ -11,6 +11,7 @@ served normally. `refuse_links` keeps the clip input to uploads.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import math
@@ -28,6 +29,7 @@ import gradio as gr
 import numpy as np
 import plotly.graph_objects as go
 from gradio_client.utils import is_http_url_like
+from PIL import Image
 
 from ..errors import DeepfakeKDError
 from ..limits import AppLimits
@@ -53,11 +55,12 @@ class Report:
     cost: go.Figure
     gallery: list[tuple[np.ndarray, str]]  # (crop, caption)
     json_path: Path | None  # None until every model has scored
+    folder: Path  # this request's own: the gallery's pictures are written there
 
     def outputs(self) -> tuple:
         """In the order of `Analyzer.OUTPUTS` (app.py wires the components in that order)."""
         values = {"summary": self.summary, "probability": self.probability, "cost": self.cost,
-                  "gallery": self.gallery,
+                  "gallery": gallery_files(self.gallery, self.folder),
                   "json": str(self.json_path) if self.json_path else None,
                   **{f"panel_{role}": text for role, text in self.panels.items()}}
         return tuple(values[name] for name in Analyzer.OUTPUTS)
@@ -117,7 +120,7 @@ class Analyzer:
         self.app_models = app_models
         self.detector = detector or FaceDetector()
         self.limits = limits
-        self.results_dir = Path(results_dir or results_folder())
+        self.files = ResultFiles(results_dir or results_folder(), ttl_s=limits.cache_ttl_s)
         # every analysis waiting in the queue may finish before one's heatmaps start
         self.recent = RecentResults(limits.max_queue + 1)
 
@@ -153,6 +156,7 @@ class Analyzer:
                                threshold=threshold, detector=self.detector,
                                limits=self.limits.analysis, sources=self.app_models.sources,
                                progress=progress)
+        folder = self.files.new_folder()
         while True:
             try:
                 result = next(steps)
@@ -165,32 +169,66 @@ class Analyzer:
                 raise UserError(f"{path.name}: the analysis failed unexpectedly "
                                 f"({type(exc).__name__}). Try another clip, or re-encode this "
                                 "one as H.264 MP4.") from None
-            yield self.render(result)
+            yield self.render(result, folder)
 
-    def render(self, result: AnalysisResult) -> Report:
-        """The page for `result`; the JSON file only once every model has scored."""
+    def render(self, result: AnalysisResult, folder: Path | None = None) -> Report:
+        """The page for `result`; the JSON file only once every model has scored. `folder`:
+        the request's own (a new one when not given)."""
+        folder = folder or self.files.new_folder()
         pending = [role for role in self.app_models.models if role not in result.models]
         return Report(
             result=result, summary=summary_markdown(result, pending=pending),
             panels={role: panel_markdown(role, self.app_models, result) for role in ROLES},
             probability=probability_figure(result), cost=cost_figure(result),
             gallery=gallery_items(result, self.limits.max_gallery),
-            json_path=None if pending else self.write_json(result))
+            json_path=None if pending else self.write_json(result, folder), folder=folder)
 
     def idle_panel(self, role: str) -> str:
         """A panel before any analysis: the model's size and weights, or why it is missing."""
         return panel_markdown(role, self.app_models, None)
 
-    def write_json(self, result: AnalysisResult) -> Path:
-        """The full result as a JSON file in a folder of its own (older ones are removed); the
-        clip behind it is kept in `recent`, for the heatmaps."""
-        prune(self.results_dir, older_than_s=self.limits.cache_ttl_s)
-        folder = self.results_dir / uuid.uuid4().hex
-        folder.mkdir(parents=True)
+    def write_json(self, result: AnalysisResult, folder: Path) -> Path:
+        """The full result as a JSON file in the request's folder; the clip behind it is kept
+        in `recent`, for the heatmaps."""
         path = folder / f"{safe_stem(result.path)}-deepfake-kd.json"
         write_atomically(path, json.dumps(result.to_dict(), indent=2))
         self.recent.add(path, result)
         return path
+
+
+class ResultFiles:
+    """The files the page hands out (result JSON, gallery pictures): each request's in a folder
+    of its own under `root`; folders older than `ttl_s` are removed as new ones are made."""
+
+    def __init__(self, root: str | Path, *, ttl_s: float):
+        self.root = Path(root)
+        self.ttl_s = ttl_s
+
+    def new_folder(self) -> Path:
+        prune(self.root, older_than_s=self.ttl_s)
+        folder = self.root / uuid.uuid4().hex
+        folder.mkdir(parents=True)
+        return folder
+
+
+def gallery_files(items: list[tuple[np.ndarray, str]], folder: Path) -> list[tuple[str, str]]:
+    """A gallery's (picture, caption) items with each picture as a WebP file in `folder`, named
+    by its content and written once. Why not hand Gradio the arrays: it saves each to a path
+    named by the picture's bytes and rewrites that file in place on every answer that shows it,
+    so two requests showing the same faces (two people on one clip; one page fetching a picture
+    as the next answer rewrites it) can read a half-written file. The load test's burst of 5
+    identical requests lost one that way ('Too much data for declared Content-Length')."""
+    out = []
+    for picture, caption in items:
+        picture = np.ascontiguousarray(picture, dtype=np.uint8)
+        name = hashlib.sha1(picture.tobytes() + str(picture.shape).encode()).hexdigest()[:20]
+        path = folder / f"{name}.webp"
+        if not path.is_file():
+            encoded = io.BytesIO()
+            Image.fromarray(picture).save(encoded, format="WEBP", quality=90)
+            write_atomically(path, encoded.getvalue())
+        out.append((str(path), caption))
+    return out
 
 
 def results_folder() -> Path:

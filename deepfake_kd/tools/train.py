@@ -17,6 +17,7 @@ import torch
 from ..errors import DeepfakeKDError
 from ..models import load_model, predict_crops
 from ..models.registry import architecture
+from ..pipeline.runtime import RUNTIMES, accelerate
 from ..roles import ROLES, TEACHER, short_path
 from ..training.backbone_cache import cached_trunk_maps
 from ..training.data import Augment, class_balance_weights, load_split
@@ -197,7 +198,10 @@ def run_distill(args: argparse.Namespace) -> int:
     views = ViewFeed(train_crops, Augment(), views=args.views, seed=args.view_seed)
     size = student.input_size
     if args.alpha < 1.0:
-        teacher = load_model(args.teacher).to(resolve_device(args.device))
+        device = resolve_device(args.device)
+        teacher = load_model(args.teacher).to(device)
+        if device.type == "cpu":  # 2.5x eager on 2 cores (18.7 vs 46.6 ms a face at 224 px)
+            teacher = accelerate(teacher, args.teacher_runtime)
         targets["teacher_logit"] = cached_view_logits(
             args.teacher, teacher, views, Path(args.cache_dir), bf16=args.bf16, log=log)
         teacher_auc = binary_metrics(np.repeat(train_labels, args.views),
@@ -230,6 +234,8 @@ def add_distill_cli(subparsers) -> None:
     add_fit_arguments(parser, lr=1e-3, batch_size=128)
     parser.add_argument("--alpha", type=float, default=0.5,
                         help="weight of the hard-label loss (1.0: no teacher, the ablation)")
+    parser.add_argument("--teacher-runtime", choices=RUNTIMES, default="onnx",
+                        help="how the teacher scores the views on a CPU (on a GPU: eager)")
     parser.add_argument("--temperature", type=float, default=2.0,
                         help="softening of both logits (default 2; the sweep behind it is in "
                              "weights/student/README.md)")

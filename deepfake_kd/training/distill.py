@@ -58,7 +58,8 @@ def cached_view_logits(teacher_ref: str, teacher: FaceClassifier, views: ViewFee
     folder = Path(teacher_ref)
     for path in sorted(folder.glob("*.safetensors")) if folder.is_dir() else []:
         digest.update(f"{path.name}:{path.stat().st_size}:{path.stat().st_mtime_ns}".encode())
-    digest.update(f"{views_key(views)}|{bf16}".encode())
+    runtime = getattr(teacher, "runtime", "eager")  # ONNX Runtime: logits within 4e-5 of eager
+    digest.update(f"{views_key(views)}|{bf16}|{runtime}".encode())
     folder = Path(cache_dir) / f"teacher-views-{digest.hexdigest()[:16]}"
 
     def score(images: np.ndarray) -> np.ndarray:
