@@ -223,6 +223,7 @@ def passed(report: dict, config: Config) -> bool:
             and overflow.get("queue_full", 0) > 0 and not overflow["other_failures"]
             and overflow["served"] + overflow["queue_full"] == overflow["sent"]
             and overflow["answers_afterwards"] and overflow["server_alive"]
+            and overflow["server_tracebacks"] == 0
             and not report["hostile_files_created"])
 
 
@@ -260,7 +261,9 @@ def format_report(report: dict) -> str:
             f"queue overflow: {overflow['sent']} at once into a queue of "
             f"{config['overflow_queue']}: {overflow['served']} served, {overflow['queue_full']} "
             f"refused ({overflow['message'][:60]!r}), {len(overflow['other_failures'])} other "
-            f"failures; answers afterwards: {overflow['answers_afterwards']}")
+            f"failures; answers afterwards: {overflow['answers_afterwards']}; "
+            f"{overflow['server_tracebacks']} unexpected tracebacks in its log")
+        lines += [f"  FAILED {failure}" for failure in overflow["other_failures"]]
     if "hostile_files_created" in report:
         lines.append(f"files created by hostile names: {len(report['hostile_files_created'])}")
     if "aborted" in report:
