@@ -251,6 +251,22 @@ def test_evaluate_command_reports_both_models(crop_folder, tmp_path, capsys):
     assert "AUC" in out and "robustness" in out and "combined" in out
 
 
+def test_evaluate_one_role_does_not_load_the_other(crop_folder, tmp_path):
+    """`--roles student`: a new student is evaluated without the teacher (here a teacher
+    folder that does not exist, which loading would refuse)."""
+    from deepfake_kd.models import save_model
+
+    save_model(StudentCNN(**TINY_STUDENT), tmp_path / "student")
+    report = tmp_path / "report.json"
+    assert main(["evaluate", "--roles", "student", "--teacher", str(tmp_path / "missing"),
+                 "--student", str(tmp_path / "student"), "--manifest", str(crop_folder),
+                 "--split", "train", "--no-robustness", "--cache-dir", str(tmp_path / "cache"),
+                 "--json", str(report)]) == 0
+    written = json.loads(report.read_text())
+    assert list(written["crops"]["metrics"]) == ["student"]
+    assert list(written["references"]) == ["student"]
+
+
 def test_teacher_trunks_can_start_from_a_trained_baseline(tmp_path):
     from deepfake_kd.models import CrossEfficientViT, EfficientNetClassifier, save_model
     from deepfake_kd.training.train import init_trunks_from, trained_trunk_state_dict
