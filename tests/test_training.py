@@ -192,6 +192,7 @@ def test_view_feed_makes_each_view_again_and_says_which_it_drew(crop_folder):
 
 
 def test_teacher_view_logits_are_the_teachers_logits_of_those_views(crop_folder, tmp_path):
+    from deepfake_kd.pipeline.runtime import accelerate
     from deepfake_kd.training.distill import cached_view_logits
     from deepfake_kd.training.train import ViewFeed
 
@@ -206,6 +207,11 @@ def test_teacher_view_logits_are_the_teachers_logits_of_those_views(crop_folder,
             assert np.allclose(logits[:, k], teacher(teacher.preprocess(images)).numpy(),
                                atol=1e-5)
     assert len(list(tmp_path.glob("teacher-views-*/view*.npy"))) == 4  # 2 views x 2 chunks
+    # distill's default on a CPU: the same teacher in ONNX Runtime, cached apart, same logits
+    onnx = cached_view_logits("in-memory", accelerate(teacher, "onnx"), feed, tmp_path, chunk=3,
+                              log=lambda m: None)
+    assert len(list(tmp_path.glob("teacher-views-*"))) == 2
+    assert np.allclose(onnx, logits, atol=1e-4)
 
 
 def test_views_made_beforehand_are_those_views_at_the_students_size(crop_folder, tmp_path):
