@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import subprocess
 import sys
@@ -22,12 +23,14 @@ def crops():
     return np.random.default_rng(0).integers(0, 256, (3, 224, 224, 3), dtype=np.uint8)
 
 
-@pytest.mark.parametrize("runtime", ["folded", "eager", "jit", "onnx"])
+@pytest.mark.parametrize("runtime", ["folded", "eager", "jit", "onnx", "onnx-shared"])
 def test_runtimes_match_eager(runtime, tiny_models, crops, tmp_path):
-    if runtime == "onnx":
+    if runtime.startswith("onnx"):
         pytest.importorskip("onnxruntime")
         pytest.importorskip("onnx")
     for model in tiny_models.values():
+        if runtime == "onnx-shared":  # re-lays out the weights of the model it is given
+            model = copy.deepcopy(model)
         fast = accelerate(model, runtime, cache_dir=tmp_path)
         assert fast.num_parameters() == model.num_parameters()
         assert fast.input_size == model.input_size
@@ -36,9 +39,39 @@ def test_runtimes_match_eager(runtime, tiny_models, crops, tmp_path):
             got = fast.predict_proba(fast.preprocess(crops))  # batch 3: any batch size works
             one = fast.predict_proba(fast.preprocess(crops[:1]))
         assert torch.allclose(got, want, atol=1e-5) and torch.allclose(one, want[:1], atol=1e-5)
-    if runtime == "onnx":  # exported once per weights, then loaded from the cache
+    if runtime.startswith("onnx"):  # exported once per weights, then loaded from the cache
         assert len(list(tmp_path.glob("*.onnx"))) == len(tiny_models)
 
+
+
+def test_onnx_shared_runs_on_the_models_own_weights(tiny_models, crops, tmp_path):
+    """onnx-shared: ONNX Runtime reads the eager model's memory instead of a copy of its own:
+    every matched weight (the transformer's Linear weights transposed, the rest as stored) is
+    one buffer for both, the eager model still gives the same logits, and a second session (the
+    export now from the cache) shares the same buffers again. Plain onnx shares nothing."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    model = copy.deepcopy(tiny_models["teacher"])  # its weights get re-laid out
+    with torch.inference_mode():
+        before = model(model.preprocess(crops))
+    assert accelerate(model, "onnx", cache_dir=tmp_path)._run.shared_weights == {}
+    fast = accelerate(model, "onnx-shared", cache_dir=tmp_path)
+    shared = fast._run.shared_weights
+    tensors = dict(model.named_parameters()) | dict(model.named_buffers())
+    linears = {f"{name}.weight" for name, module in model.named_modules()
+               if isinstance(module, torch.nn.Linear) and module.weight.numel() >= 1024}
+    assert linears and len(shared) >= len(linears)
+    pointers = {value.data_ptr() for value in shared.values()}
+    assert all(tensors[key].data_ptr() in pointers for key in linears)
+    assert any(not tensors[key].is_contiguous() for key in linears)  # stored transposed
+    [export] = tmp_path.glob("*.onnx")
+    assert export.with_name(export.name + ".data").is_file()
+    again = accelerate(model, "onnx-shared", cache_dir=tmp_path)
+    assert {value.data_ptr() for value in again._run.shared_weights.values()} == pointers
+    with torch.inference_mode():
+        assert torch.allclose(model(model.preprocess(crops)), before, atol=1e-6)
+        assert torch.allclose(fast(fast.preprocess(crops)), before, atol=1e-5)
+        assert torch.allclose(again(again.preprocess(crops)), before, atol=1e-5)
 
 def test_parse_runtimes():
     roles = ["teacher", "student"]

@@ -20,9 +20,15 @@ in another runtime:
   in one `bench` session, it took the teacher from 46.6 to 28.6 ms per face at batch 1 and from
   26.2 to 13.2 ms at batch 32, the student (96 px) from 4.36 to 1.16 and 1.67 to 0.87 ms, and
   the whole clip from 3.29 / 3.13 s to 2.42 / 2.90 s (two runs each; README "Performance").
-  The cost is memory: ONNX Runtime holds its own copy of the weights (the
-  teacher: about +0.5 GB; the eager model stays for Grad-CAM) and keeps its largest batch's
-  activations (below).
+  The cost is memory: ONNX Runtime holds its own copy of the weights, packed for its matrix
+  kernels, beside the eager model (kept for Grad-CAM): the teacher's session adds 388 MB at load
+  (the export's weights live in a file beside it, so its load no longer parses them into memory
+  first: +543 MB when they were inside it), and its largest batch's activations (below).
+- `onnx-shared`: ONNX Runtime on the eager model's own memory (`share_weights`): the weights are
+  held once, and each call packs the matrices again. Measured on the idle 2-core Xeon, the
+  teacher's session added 36 instead of 388 MB at load, and took 38.9 instead of 25.9 ms per
+  face at batch 1, 11.6 instead of 9.0 at batch 16 (8 and 4 calls each, interleaved). For a host
+  short of memory (`DEEPFAKE_KD_RUNTIME=onnx-shared`); not the default.
 - `onnx-int8`: the ONNX model statically quantised to int8 (per-channel weights, activation
   ranges from real face crops passed as `calibration`); about twice as fast again for the
   student on a CPU with VNNI. It changes the arithmetic: use it only where
@@ -41,6 +47,7 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import warnings
 from pathlib import Path
 from typing import Callable
@@ -51,16 +58,20 @@ from torch import nn
 
 from ..errors import DeepfakeKDError
 from ..models import FaceClassifier
-from ..util import atomic_path, write_atomically
+from ..util import atomic_path
 
-RUNTIMES = ("folded", "eager", "jit", "onnx", "onnx-int8")
+RUNTIMES = ("folded", "eager", "jit", "onnx", "onnx-shared", "onnx-int8")
 DEFAULT_RUNTIME = "onnx"
 RUNTIME_LABELS = {  # what a page says a model runs on
     "eager": "PyTorch", "folded": "PyTorch, batch norms folded", "jit": "TorchScript",
-    "onnx": "ONNX Runtime", "onnx-int8": "ONNX Runtime, int8"}
+    "onnx": "ONNX Runtime", "onnx-shared": "ONNX Runtime, weights shared with PyTorch",
+    "onnx-int8": "ONNX Runtime, int8"}
 ENV_CACHE = "DEEPFAKE_KD_CACHE"  # where ONNX exports are kept (default ~/.cache/deepfake-kd/onnx)
 CALIBRATION_CROPS = 512  # face crops that set the int8 activation ranges
 ONNX_OPSET = 17
+EXPORT_FORMAT = 2  # 2: weights in a file beside the graph, the shared-weight map in its metadata
+SHARED_WEIGHTS = "deepfake_kd.shared_weights"  # metadata key: initializer -> [tensor, transposed]
+EXTERNAL_MIN_BYTES = 4096  # initializers this large go to the weights file (onnx's default 1 KiB)
 
 
 class AcceleratedModel(FaceClassifier):
@@ -97,8 +108,9 @@ def accelerate(model: FaceClassifier, runtime: str = DEFAULT_RUNTIME, *,
         return AcceleratedModel(model, runtime, fold_batchnorm(model).forward)
     if runtime == "jit":
         return AcceleratedModel(model, runtime, jit_runner(model))
-    if runtime == "onnx":
-        return AcceleratedModel(model, runtime, onnx_runner(model, cache_dir=cache_dir))
+    if runtime in ("onnx", "onnx-shared"):
+        return AcceleratedModel(model, runtime, onnx_runner(model, cache_dir=cache_dir,
+                                                            share=runtime == "onnx-shared"))
     if runtime == "onnx-int8":
         if calibration is None or len(calibration) == 0:
             raise DeepfakeKDError("the onnx-int8 runtime needs calibration face crops "
@@ -172,8 +184,8 @@ def jit_runner(model: FaceClassifier):
 def weights_key(model: FaceClassifier) -> str:
     """A digest of what the export depends on: class, configuration, weights, torch version."""
     digest = hashlib.sha256()
-    digest.update(json.dumps([type(model).__name__, model.config, torch.__version__, ONNX_OPSET],
-                             sort_keys=True, default=str).encode())
+    digest.update(json.dumps([type(model).__name__, model.config, torch.__version__, ONNX_OPSET,
+                              EXPORT_FORMAT], sort_keys=True, default=str).encode())
     for name, tensor in model.state_dict().items():
         digest.update(name.encode())
         digest.update(tensor.detach().contiguous().cpu().numpy().tobytes())
@@ -194,6 +206,85 @@ def export_onnx(model: FaceClassifier) -> bytes:
                           output_names=["logit"], dynamic_axes={"x": {0: "batch"}},
                           opset_version=ONNX_OPSET, dynamo=False)
     return buffer.getvalue()
+
+
+def shared_tensors(model: FaceClassifier, proto) -> dict[str, tuple[str, bool]]:
+    """Which initializers of the export are the model's own tensors: initializer name ->
+    (state-dict key, transposed). torch exports `nn.Linear` as a MatMul on the weight transposed
+    (folded into a new constant), so a weight matches as stored or as its transpose; constants
+    the export computed (batch norms folded into convolutions) match nothing and stay in the
+    file. Matched by content (SHA-256 of the bytes, shape and dtype), not by name."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    def digest(array) -> tuple:
+        array = np.ascontiguousarray(array)
+        return array.shape, array.dtype.str, hashlib.sha256(array.tobytes()).hexdigest()
+
+    known: dict[tuple, tuple[str, bool]] = {}
+    for key, tensor in model.state_dict().items():
+        array = tensor.detach().cpu().numpy()
+        if array.nbytes < EXTERNAL_MIN_BYTES:
+            continue
+        known.setdefault(digest(array), (key, False))
+        if array.ndim == 2:
+            known.setdefault(digest(array.T), (key, True))
+    found = {}
+    for initializer in proto.graph.initializer:
+        array = numpy_helper.to_array(initializer)
+        if array.nbytes >= EXTERNAL_MIN_BYTES and digest(array) in known:
+            found[initializer.name] = known[digest(array)]
+    return found
+
+
+def save_export(model: FaceClassifier, data: bytes, path: Path) -> None:
+    """The export `data` as `path` (the graph, with the `shared_tensors` map in its metadata)
+    and `path` + ".data" (its initializers of EXTERNAL_MIN_BYTES or more), written in a
+    staging folder and moved into place weights first: a reader that finds `path` finds both."""
+    import onnx
+    from onnx.external_data_helper import convert_model_to_external_data
+
+    proto = onnx.load_from_string(data)
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = SHARED_WEIGHTS, json.dumps(shared_tensors(model, proto))
+    weights = path.with_name(f"{path.name}.data")
+    staging = path.with_name(f".{path.name}.part{os.getpid()}")
+    staging.mkdir(parents=True, exist_ok=True)
+    try:
+        convert_model_to_external_data(proto, all_tensors_to_one_file=True, location=weights.name,
+                                       size_threshold=EXTERNAL_MIN_BYTES)
+        onnx.save_model(proto, str(staging / path.name))
+        if (staging / weights.name).exists():  # not written when no initializer is as large
+            os.replace(staging / weights.name, weights)
+        os.replace(staging / path.name, path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def share_weights(model: FaceClassifier, path: Path, ort) -> dict:
+    """ONNX Runtime values (initializer name -> OrtValue) on the memory of `model`'s own
+    tensors, for `SessionOptions.add_initializer`, which uses them in place: the weights are
+    held once, not once by torch and again by ONNX Runtime. A transposed match is re-laid out
+    once: the tensor's storage becomes the transpose, contiguous, and the tensor a transposed
+    view of it (the same values; torch's matmul takes either layout). The values must outlive
+    the session, and the model's weights must not change while it runs."""
+    import numpy as np
+    import onnx
+
+    metadata = {entry.key: entry.value
+                for entry in onnx.load(str(path), load_external_data=False).metadata_props}
+    tensors = dict(model.named_parameters()) | dict(model.named_buffers())
+    values = {}
+    for name, (key, transposed) in json.loads(metadata.get(SHARED_WEIGHTS, "{}")).items():
+        tensor = tensors.get(key)
+        if tensor is None or tensor.device.type != "cpu":
+            continue  # ONNX Runtime reads this one from the weights file
+        with torch.no_grad():
+            array = tensor.detach().numpy()
+            array = np.ascontiguousarray(array.T if transposed else array)  # no copy if laid out
+            tensor.data = torch.from_numpy(array).t() if transposed else torch.from_numpy(array)
+        values[name] = ort.OrtValue.ortvalue_from_numpy(array)
+    return values
 
 
 def quantize_int8(source: Path, target: Path, model: FaceClassifier, calibration) -> None:
@@ -239,7 +330,7 @@ def import_onnxruntime():
 
 
 def onnx_runner(model: FaceClassifier, *, cache_dir: str | Path | None = None,
-                calibration=None):
+                calibration=None, share: bool = False):
     try:
         ort = import_onnxruntime()
     except ImportError:
@@ -255,7 +346,7 @@ def onnx_runner(model: FaceClassifier, *, cache_dir: str | Path | None = None,
             raise DeepfakeKDError(f"cannot export {type(model).__name__} to ONNX ({exc}); "
                                   "pip install onnx, or use --runtime jit") from None
         try:
-            write_atomically(path, data)
+            save_export(model, data, path)
         except OSError as exc:  # a read-only home (some hosts): export again next start
             warnings.warn(f"cannot cache the ONNX export in {folder} ({exc}); set "
                           "DEEPFAKE_KD_CACHE to a writable folder to export only once", stacklevel=3)
@@ -289,9 +380,16 @@ def onnx_runner(model: FaceClassifier, *, cache_dir: str | Path | None = None,
     # teacher's batch of 16 15.5 against 14.5, of 32 14.3 against 13.8; the student's batch of 32
     # 0.534 against 0.532, of 1 1.12 against 0.88.
     options.enable_mem_pattern = False
+    shared = share_weights(model, path, ort) if share and source == str(path) else {}
+    for name, value in shared.items():
+        options.add_initializer(name, value)
+    if shared:  # a packed copy of a shared weight would be a second copy again
+        options.add_session_config_entry("session.disable_prepacking", "1")
     session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 
     def run(x: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(session.run(None, {"x": x.numpy()})[0])
+
+    run.shared_weights = shared  # the session reads their memory: they live as long as `run`
 
     return run

@@ -40,11 +40,12 @@ def add_cli(subparsers) -> None:
 
 def add_runtime_argument(parser) -> None:
     parser.add_argument("--runtime", action="append", metavar="[ROLE=]NAME",
-                        help="inference runtime: onnx (ONNX Runtime; the default), eager "
-                             "(PyTorch), folded (batch norms folded into the convolutions) or "
-                             "jit; for every model, or ROLE=NAME for one (repeatable). Same "
-                             "probabilities; onnx-int8 (int8, needs --calibration) changes them "
-                             "slightly.")
+                        help="inference runtime: onnx (ONNX Runtime; the default), "
+                             "onnx-shared (ONNX Runtime on PyTorch's copy of the weights: less "
+                             "memory, slower), eager (PyTorch), folded (batch norms folded into "
+                             "the convolutions) or jit; for every model, or ROLE=NAME for one "
+                             "(repeatable). Same probabilities; onnx-int8 (int8, needs "
+                             "--calibration) changes them slightly.")
     parser.add_argument("--calibration", metavar="MANIFEST",
                         help="face crops for onnx-int8: a few hundred from this manifest's "
                              "train split")
