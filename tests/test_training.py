@@ -10,7 +10,7 @@ from deepfake_kd.cli import main
 from deepfake_kd.models import StudentCNN, load_model
 from deepfake_kd.training.data import Augment, load_crops, read_samples
 from deepfake_kd.training.distill import distillation_loss
-from deepfake_kd.training.metrics import binary_metrics, roc_auc
+from deepfake_kd.training.metrics import binary_metrics, paired_auc_difference, roc_auc
 from deepfake_kd.training.train import CropFeed, FitConfig, fit, hard_loss, schedule
 
 TINY_STUDENT = {"widths": [4, 8], "image_size": 32}
@@ -256,6 +256,52 @@ def test_evaluate_command_reports_both_models(crop_folder, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "AUC" in out and "robustness" in out and "combined" in out
 
+
+
+def test_paired_auc_difference_separates_a_real_gap_from_luck():
+    """Two models on the same samples: a copy differs by exactly 0 on every draw; a model whose
+    scores carry more of the label gets an interval above 0; one that differs by noise alone
+    gets an interval around 0."""
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 2000)
+    weak = labels + rng.normal(0, 1.2, 2000)
+    strong = labels + rng.normal(0, 0.6, 2000)
+    same = paired_auc_difference(labels, weak, weak, resamples=200)
+    assert same["auc_difference"] == 0 and same["ci95"] == [0.0, 0.0]
+    gap = paired_auc_difference(labels, weak, strong, resamples=200)
+    assert gap["auc_difference"] == pytest.approx(roc_auc(labels, strong) - roc_auc(labels, weak))
+    assert 0 < gap["ci95"][0] < gap["auc_difference"] < gap["ci95"][1]
+    noise = paired_auc_difference(labels, weak, weak + rng.normal(0, 0.05, 2000), resamples=200)
+    assert noise["ci95"][0] < 0 < noise["ci95"][1]
+    with pytest.raises(ValueError, match="one probability per label"):
+        paired_auc_difference(labels, weak, strong[:-1])
+
+
+def test_evaluate_against_a_baseline_reports_paired_differences(crop_folder, tmp_path, capsys):
+    """`--baseline REF`: scored on the same crops, and each model's AUC minus the baseline's is
+    reported per condition with its interval; with both roles, the student against the teacher
+    too. The baseline here is the student itself, so its own difference is exactly 0."""
+    from deepfake_kd.models import CrossEfficientViT, save_model
+    from tests.test_models import TINY_TEACHER
+
+    save_model(CrossEfficientViT(**TINY_TEACHER), tmp_path / "teacher")
+    save_model(StudentCNN(**TINY_STUDENT), tmp_path / "student")
+    report = tmp_path / "report.json"
+    assert main(["evaluate", "--teacher", str(tmp_path / "teacher"), "--student",
+                 str(tmp_path / "student"), "--baseline", str(tmp_path / "student"),
+                 "--manifest", str(crop_folder), "--split", "train", "--no-robustness",
+                 "--cache-dir", str(tmp_path / "cache"), "--json", str(report)]) == 0
+    written = json.loads(report.read_text())
+    assert written["references"]["baseline"] == str(tmp_path / "student")
+    metrics = written["crops"]["metrics"]
+    paired = written["paired"]
+    assert set(paired) == {"teacher - baseline", "student - baseline", "student - teacher"}
+    assert paired["student - baseline"]["clean"]["auc_difference"] == 0
+    gap = paired["student - teacher"]["clean"]
+    assert gap["auc_difference"] == pytest.approx(metrics["student"]["auc"]
+                                                  - metrics["teacher"]["auc"])
+    assert gap["ci95"][0] <= gap["auc_difference"] <= gap["ci95"][1]
+    assert "paired differences" in capsys.readouterr().out
 
 def test_evaluate_one_role_does_not_load_the_other(crop_folder, tmp_path):
     """`--roles student`: a new student is evaluated without the teacher (here a teacher

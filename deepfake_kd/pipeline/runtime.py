@@ -386,10 +386,15 @@ def onnx_runner(model: FaceClassifier, *, cache_dir: str | Path | None = None,
     if shared:  # a packed copy of a shared weight would be a second copy again
         options.add_session_config_entry("session.disable_prepacking", "1")
     session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+    return OnnxRunner(session, shared)
 
-    def run(x: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(session.run(None, {"x": x.numpy()})[0])
 
-    run.shared_weights = shared  # the session reads their memory: they live as long as `run`
+class OnnxRunner:
+    """An ONNX Runtime session as the function a model's forward calls; it holds the shared
+    weights (`share_weights`) too, whose memory the session reads, for as long as it lives."""
 
-    return run
+    def __init__(self, session, shared_weights: dict):
+        self.session, self.shared_weights = session, shared_weights
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self.session.run(None, {"x": x.numpy()})[0])

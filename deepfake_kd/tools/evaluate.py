@@ -1,6 +1,7 @@
 """`python -m deepfake_kd evaluate`: AUC / accuracy / F1 / log loss of both models on face
 crops (clean and degraded: the robustness report) and on labelled clips, also re-encoded at
-480p (`training.evaluate`)."""
+480p (`training.evaluate`); with `--baseline`, each model's AUC against another model's on the
+same crops, with a paired-bootstrap interval."""
 
 from __future__ import annotations
 
@@ -12,16 +13,18 @@ import torch
 
 from ..models import load_model
 from ..roles import DEFAULT_THRESHOLD, ROLES, add_reference_arguments, cli_reference
-from ..training.data import load_split
+from ..training.data import DEGRADATIONS, load_split
 from ..training.evaluate import (
-    evaluate_crops,
+    crop_report,
     evaluate_videos,
     format_metrics,
+    format_paired,
     format_robustness,
     reencoded_folder,
-    robustness_report,
 )
 from ..util import write_atomically
+
+BASELINE = "baseline"  # the name of `--baseline` in the report
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
@@ -32,18 +35,28 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if args.manifest:
         crops, labels = load_split(args.manifest, args.split, cache_dir=args.cache_dir,
                                    limit=args.limit)
-        if args.no_robustness:
-            metrics = evaluate_crops(models, crops, labels)
-        else:  # the clean condition is the plain per-crop evaluation
-            report["robustness"] = robustness_report(models, crops, labels,
-                                                     threshold=args.threshold)
-            metrics = {name: conditions["clean"]
-                       for name, conditions in report["robustness"].items()}
+        scored = dict(models)
+        pairs = [(BASELINE, role) for role in models] if args.baseline else []
+        if args.baseline:
+            scored[BASELINE] = load_model(args.baseline)
+            report["references"][BASELINE] = args.baseline
+        if len(models) == 2:
+            pairs.append(("teacher", "student"))
+        conditions = ("clean",) if args.no_robustness else ("clean", *DEGRADATIONS)
+        by_model, paired = crop_report(scored, crops, labels, threshold=args.threshold,
+                                       conditions=conditions, pairs=pairs)
+        metrics = {name: by_condition["clean"] for name, by_condition in by_model.items()}
         report["crops"] = {"manifest": str(args.manifest), "split": args.split,
                            "metrics": metrics}
+        if not args.no_robustness:
+            report["robustness"] = by_model
+        if paired:
+            report["paired"] = paired
         print(format_metrics(f"face crops, split {args.split}:", metrics))
         if "robustness" in report:
             print(format_robustness(report["robustness"], threshold=args.threshold))
+        if paired:
+            print(format_paired(paired))
     if args.videos:
         folders = {"videos": (args.videos, "")}
         if not args.no_robustness:
@@ -69,6 +82,11 @@ def add_cli(subparsers) -> None:
     parser.add_argument("--roles", nargs="+", choices=ROLES, default=list(ROLES),
                         help="the models to evaluate (default both; e.g. --roles student for a "
                              "new student without the teacher's 10 minutes on 2 cores)")
+    parser.add_argument("--baseline", metavar="REF",
+                        help="another model (a folder or Hub id) scored on the same crops: "
+                             "each model's AUC minus its AUC, with a 95%% interval from a paired "
+                             "bootstrap (a new teacher against the released one, a distilled "
+                             "student against its no-teacher ablation)")
     parser.add_argument("--manifest", help="face crops: manifest CSV or real/ fake/ folder")
     parser.add_argument("--split", default="val")
     parser.add_argument("--cache-dir", default="cache")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
+from typing import Sequence
 
 import cv2
 import numpy as np
@@ -14,14 +15,7 @@ from ..models import FaceClassifier, predict_crops
 from ..pipeline.analysis import analyze_video
 from ..pipeline.faces import FaceDetector
 from .data import DEGRADATIONS, LABELS, degrade_crops
-from .metrics import binary_metrics, real_alarm_figures
-
-
-def evaluate_crops(models: dict[str, FaceClassifier], crops: np.ndarray, labels: np.ndarray
-                   ) -> dict[str, dict[str, float]]:
-    """Per-crop metrics of each model on the same crops."""
-    return {name: binary_metrics(labels, predict_crops(model, crops, progress=True))
-            for name, model in models.items()}
+from .metrics import binary_metrics, paired_auc_difference, real_alarm_figures
 
 
 def evaluate_videos(models: dict[str, FaceClassifier], folder: str | Path, *, num_frames: int,
@@ -50,20 +44,26 @@ def evaluate_videos(models: dict[str, FaceClassifier], folder: str | Path, *, nu
                         for name, s in scores.items()}}
 
 
-def robustness_report(models: dict[str, FaceClassifier], crops: np.ndarray, labels: np.ndarray,
-                      *, threshold: float, conditions=("clean", *DEGRADATIONS)) -> dict:
+def crop_report(models: dict[str, FaceClassifier], crops: np.ndarray, labels: np.ndarray, *,
+                threshold: float, conditions=("clean", *DEGRADATIONS),
+                pairs: Sequence[tuple[str, str]] = ()) -> tuple[dict, dict]:
     """Per model and condition (clean, then each deterministic degradation of data.DEGRADATIONS):
-    AUC, accuracy, F1, log loss, and the real-crop alarm figures at 0.5 and at `threshold`.
-    Each degraded set is made once and scored by every model, then dropped."""
+    AUC, accuracy, F1, log loss, and the real-crop alarm figures at 0.5 and at `threshold`; and
+    per pair (a, b) of `pairs`, "b - a": AUC(b) - AUC(a) per condition with its paired-bootstrap
+    interval. Each degraded set is made once and scored by every model, then dropped."""
     report: dict = {name: {} for name in models}
+    paired: dict = {f"{b} - {a}": {} for a, b in pairs}
     for condition in conditions:
         images = crops if condition == "clean" else degrade_crops(crops, condition)
-        for name, model in models.items():
-            probs = predict_crops(model, images, progress=True)
+        probs = {name: predict_crops(model, images, progress=True)
+                 for name, model in models.items()}
+        for name in models:
             report[name][condition] = {
-                **binary_metrics(labels, probs),
-                **real_alarm_figures(labels, probs, thresholds=(0.5, threshold))}
-    return report
+                **binary_metrics(labels, probs[name]),
+                **real_alarm_figures(labels, probs[name], thresholds=(0.5, threshold))}
+        for a, b in pairs:
+            paired[f"{b} - {a}"][condition] = paired_auc_difference(labels, probs[a], probs[b])
+    return report, paired
 
 
 def format_robustness(report: dict, *, threshold: float) -> str:
@@ -130,4 +130,14 @@ def format_metrics(title: str, metrics: dict[str, dict[str, float]]) -> str:
     for name, m in metrics.items():
         lines.append(f"{name:<10} {m['auc']:>7.4f} {m['accuracy']:>9.4f} {m['f1']:>7.4f} "
                      f"{m['log_loss']:>9.4f} {m['n']:>6}")
+    return "\n".join(lines)
+
+
+def format_paired(paired: dict) -> str:
+    lines = ["paired differences (same crops; 95% interval from a paired bootstrap):"]
+    for pair, conditions in paired.items():
+        for condition, d in conditions.items():
+            low, high = d["ci95"]
+            lines.append(f"{pair:<22} {condition:<10} AUC {d['auc_difference']:+.4f} "
+                         f"[{low:+.4f}, {high:+.4f}]")
     return "\n".join(lines)

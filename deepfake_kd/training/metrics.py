@@ -48,3 +48,26 @@ def real_alarm_figures(labels, probs, *, thresholds) -> dict[str, float]:
                for t in thresholds}
     figures["reals_mean_p_fake"] = float(real.mean()) if len(real) else float("nan")
     return figures
+
+
+def paired_auc_difference(labels, probs_a, probs_b, *, resamples: int = 1000, seed: int = 0
+                          ) -> dict[str, float | list[float]]:
+    """AUC(b) - AUC(a) on the same samples, with a 95% interval from a paired bootstrap: the
+    samples are drawn with replacement `resamples` times and both models scored on each draw.
+    Why paired: two models scored on the same 2,400 crops make mostly the same mistakes, so their
+    difference is far less noisy than either AUC alone (about 0.006 each here); an interval that
+    excludes 0 says the gap is not the luck of which crops are in the set. It says nothing of
+    training noise: that is the seed spread."""
+    labels = np.asarray(labels, dtype=int)
+    a, b = np.asarray(probs_a, dtype=float), np.asarray(probs_b, dtype=float)
+    if not len(labels) == len(a) == len(b):
+        raise ValueError(f"one probability per label from each model: {len(labels)} labels, "
+                         f"{len(a)} and {len(b)} probabilities")
+    rng = np.random.default_rng(seed)
+    draws = []
+    for _ in range(resamples):
+        i = rng.integers(0, len(labels), len(labels))
+        draws.append(roc_auc(labels[i], b[i]) - roc_auc(labels[i], a[i]))
+    low, high = np.nanpercentile(draws, [2.5, 97.5]) if resamples else (np.nan, np.nan)
+    return {"auc_difference": roc_auc(labels, b) - roc_auc(labels, a),
+            "ci95": [float(low), float(high)], "resamples": resamples}
