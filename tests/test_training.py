@@ -293,6 +293,7 @@ def test_evaluate_against_a_baseline_reports_paired_differences(crop_folder, tmp
                  "--cache-dir", str(tmp_path / "cache"), "--json", str(report)]) == 0
     written = json.loads(report.read_text())
     assert written["references"]["baseline"] == str(tmp_path / "student")
+    assert written["runtime"] == "eager"
     metrics = written["crops"]["metrics"]
     paired = written["paired"]
     assert set(paired) == {"teacher - baseline", "student - baseline", "student - teacher"}
@@ -318,6 +319,31 @@ def test_evaluate_one_role_does_not_load_the_other(crop_folder, tmp_path):
     assert list(written["crops"]["metrics"]) == ["student"]
     assert list(written["references"]) == ["student"]
 
+
+
+def test_evaluate_through_onnx_runtime_gives_the_eager_figures(crop_folder, tmp_path,
+                                                               monkeypatch):
+    """`--runtime onnx`: the same models behind ONNX Runtime score the crops as eager does."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    from deepfake_kd.models import save_model
+
+    monkeypatch.setenv("DEEPFAKE_KD_CACHE", str(tmp_path / "onnx"))
+    save_model(StudentCNN(**TINY_STUDENT), tmp_path / "student")
+    figures = {}
+    for runtime in ("eager", "onnx"):
+        report = tmp_path / f"{runtime}.json"
+        assert main(["evaluate", "--roles", "student", "--student", str(tmp_path / "student"),
+                     "--manifest", str(crop_folder), "--split", "train", "--no-robustness",
+                     "--runtime", runtime, "--cache-dir", str(tmp_path / "cache"),
+                     "--json", str(report)]) == 0
+        written = json.loads(report.read_text())
+        assert written["runtime"] == runtime
+        figures[runtime] = written["crops"]["metrics"]["student"]
+    assert list((tmp_path / "onnx").rglob("*.onnx"))  # it did run in ONNX Runtime
+    for key in ("auc", "accuracy", "reals_fake_at_0.55"):
+        assert figures["onnx"][key] == pytest.approx(figures["eager"][key], abs=1e-4)
+    assert figures["onnx"]["log_loss"] == pytest.approx(figures["eager"]["log_loss"], abs=1e-4)
 
 def test_teacher_trunks_can_start_from_a_trained_baseline(tmp_path):
     from deepfake_kd.models import CrossEfficientViT, EfficientNetClassifier, save_model
