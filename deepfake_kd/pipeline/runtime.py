@@ -232,8 +232,9 @@ def shared_tensors(model: FaceClassifier, proto) -> dict[str, tuple[str, bool]]:
     found = {}
     for initializer in proto.graph.initializer:
         array = numpy_helper.to_array(initializer)
-        if array.nbytes >= EXTERNAL_MIN_BYTES and digest(array) in known:
-            found[initializer.name] = known[digest(array)]
+        match = known.get(digest(array)) if array.nbytes >= EXTERNAL_MIN_BYTES else None
+        if match is not None:
+            found[initializer.name] = match
     return found
 
 
