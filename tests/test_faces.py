@@ -142,6 +142,35 @@ def test_faces_are_followed_between_searched_frames(portrait_clip, detector):
         assert np.allclose(a[0].box, b[0].box, atol=6) and a[0].prob >= 0.9
 
 
+def test_eager_detection_searches_key_frames_as_they_arrive(portrait_clip, detector):
+    """`eager` (frames still decoding): each key frame is searched before the frames after it
+    are pulled from the stream, not once 8 have gathered; the faces are the same."""
+    frames = sample_frames(portrait_clip, num_frames=8).frames
+    pulled, searched_after = [], []
+    search = detector.search
+
+    def recording_search(frames_seen, positions, *args):
+        searched_after.append((list(positions), len(pulled)))
+        return search(frames_seen, positions, *args)
+
+    def stream():
+        for frame in frames:
+            pulled.append(frame)
+            yield frame
+
+    detector.search = recording_search
+    try:
+        eager = detector.detect(stream(), total=len(frames), eager=True)
+    finally:
+        del detector.search
+    assert searched_after == [([0], 1), ([4], 5), ([7], 8)]  # key_every 4, and the last
+    batched = detector.detect(frames)
+    assert [[f.track_id for f in faces] for faces in eager] == \
+        [[f.track_id for f in faces] for faces in batched]
+    for a, b in zip(eager, batched):  # batch size moves MTCNN's floats by ~1e-5 px
+        assert np.allclose([f.box for f in a], [f.box for f in b], atol=0.01)
+
+
 def test_frames_where_faces_come_or_go_are_searched(face_clip, detector, face_frame_indices):
     """The face is in frames 2-9 of 12; searched frames 0, 4, 8, 11: between 0 and 4 and
     between 8 and 11 faces come and go, so those frames get the full search too."""

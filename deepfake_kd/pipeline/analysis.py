@@ -229,7 +229,8 @@ def frames_and_faces(path: str | Path, *, num_frames: int, limits: Limits,
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode") as pool:
         decoding = pool.submit(decode)
-        faces = detector.detect(stream(), progress=progress, total=num_frames, counts=counts)
+        faces = detector.detect(stream(), progress=progress, total=num_frames, counts=counts,
+                                eager=True)
         video, sampled = decoding.result()  # raises what decoding raised (VideoError, ...)
     done = time.perf_counter()
     return video, faces, {"sampling": 1000 * (sampled - start),

@@ -93,13 +93,18 @@ class FaceDetector:
 
     def detect(self, frames: Iterable[np.ndarray], *,
                progress: Callable[[float], None] | None = None, total: int | None = None,
-               counts: dict[str, int] | None = None) -> list[list[Face]]:
+               counts: dict[str, int] | None = None, eager: bool = False) -> list[list[Face]]:
         """Faces per frame for equal-size uint8 RGB frames in time order, with track ids.
 
         `frames` may be a list or any iterable, e.g. frames still being decoded: each batch of
-        key frames goes to MTCNN as soon as it is full. `total` (default: len(frames)) scales
-        `progress`. `counts`, if given, receives `detected` (frames searched in full) and
-        `tracked` (frames whose faces were followed)."""
+        key frames goes to MTCNN as soon as it is full. `eager`: search each key frame as soon
+        as it arrives instead, for frames still being decoded: a batch of 8 key frames spans
+        the whole of a 32-frame clip, so MTCNN would sit idle until the decoder is done (on
+        the DFDC clips, overlapped with decoding: 1.20 -> 1.07 s and 1.61 -> 1.45 s; on frames
+        already decoded, batches are quicker: 1.26 against 1.40 s). Same boxes either way.
+        `total` (default: len(frames)) scales `progress`. `counts`, if given, receives
+        `detected` (frames searched in full) and `tracked` (frames whose faces were
+        followed)."""
         if total is None and hasattr(frames, "__len__"):
             total = len(frames)
         counts = {} if counts is None else counts
@@ -114,7 +119,7 @@ class FaceDetector:
             keys = [i for i in key_positions(len(seen), self.key_every, last=frame is None)
                     if i not in found]
             # until a face sets the scale, each key frame is searched as soon as it arrives
-            if not keys or not (frame is None or min_face is None
+            if not keys or not (frame is None or min_face is None or eager
                                 or len(keys) >= self.batch_size):
                 continue
             self.search(seen, keys, found, min_face, counts)
