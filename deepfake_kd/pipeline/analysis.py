@@ -190,11 +190,10 @@ def frames_and_faces(path: str | Path, *, num_frames: int, limits: Limits,
     With `overlap`, frames decode in a background thread while MTCNN runs on the batches
     already decoded (the decoder releases the GIL), so the two stages share the wall time;
     `sampling` + `detection` - `frames_and_faces` is what that saved. On by default
-    (`OVERLAP_DECODING`): on idle 2-core Xeons (`bench --clip lynaeydofd.mp4`, median of 3) it
-    saved 0.16-0.30 s within each of six runs over two sessions; between runs the totals swing
-    by about 0.4 s, and two interleaved pairs against `bench --sequential` disagreed on which
-    was faster. On the 2-core EPYC shared with training jobs it saved nothing (the four dev
-    clips: 24.2 s sequential, 24.6 s overlapped, interleaved). Same frames, same faces."""
+    (`OVERLAP_DECODING`), with each key frame searched as it arrives (`detect(eager=True)`):
+    on an idle 2-core Xeon (`bench --clip lynaeydofd.mp4`, median of 3) 0.68-0.70 s of 0.77 s
+    of detection overlapped decoding, and the student's answer came 0.15 s sooner than with key
+    frames searched 8 at a time (which overlapped 0.08 s). Same frames, same faces."""
     start = time.perf_counter()
     counts: dict[str, int] = {}
     if not overlap:

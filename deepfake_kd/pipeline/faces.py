@@ -52,7 +52,8 @@ class FaceDetector:
     96 frames in 2.2-4.5 s per clip; 960 missed 3 in 4.4-7.5 s; 480 missed 3. `min_prob` and
     `min_face_px` drop weak detections and faces too small to classify (a 224 crop of them is
     mostly upscaling blur), such as a photo on the wall behind a person. `batch_size` frames go
-    to MTCNN at once: 8 ran as fast as 32 and lets `detect` report progress. Those timings were
+    to MTCNN at once when they are all decoded: 8 ran as fast as 32 and lets `detect` report
+    progress (frames still decoding: `detect(eager=True)`). Those timings were
     taken with facenet-pytorch's own `detect`; `detect_face_fast` finds the same boxes in about
     half the time (the 96 frames: 10.1 s -> 5.6 s, one thread, measured interleaved on a 2-core
     EPYC shared with two training jobs). MTCNN then searches faces down to `min_face_px` (at the
