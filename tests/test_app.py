@@ -420,6 +420,22 @@ def test_models_run_behind_the_runtime_the_environment_names(no_weights, monkeyp
         load_app_models()
 
 
+def test_the_app_holds_the_weights_once_by_default(no_weights, monkeypatch, model_dirs, tmp_path):
+    """No DEEPFAKE_KD_RUNTIME: the app runs ONNX Runtime on PyTorch's own tensors (memory
+    first, for a process that holds its models for hours), and says so on each panel."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    monkeypatch.setenv("DEEPFAKE_KD_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("DEEPFAKE_KD_RUNTIME", raising=False)
+    for role in ROLES:
+        monkeypatch.setenv(ROLES[role].env, str(model_dirs[role]))
+    loaded = load_app_models()
+    assert loaded.ready and loaded.fallbacks == {}
+    assert {model.runtime for model in loaded.models.values()} == {"onnx-shared"}
+    assert "**Runs on:** ONNX Runtime, weights shared with PyTorch" in \
+        panel_markdown("student", loaded, None)
+
+
 def test_a_runtime_that_cannot_be_built_falls_back_to_eager(no_weights, monkeypatch, model_dirs):
     def broken(model, runtime):
         raise DeepfakeKDError("the onnx runtime needs ONNX Runtime: pip install onnxruntime onnx")

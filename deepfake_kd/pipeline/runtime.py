@@ -27,8 +27,9 @@ in another runtime:
 - `onnx-shared`: ONNX Runtime on the eager model's own memory (`share_weights`): the weights are
   held once, and each call packs the matrices again. Measured on the idle 2-core Xeon, the
   teacher's session added 36 instead of 388 MB at load, and took 38.9 instead of 25.9 ms per
-  face at batch 1, 11.6 instead of 9.0 at batch 16 (8 and 4 calls each, interleaved). For a host
-  short of memory (`DEEPFAKE_KD_RUNTIME=onnx-shared`); not the default.
+  face at batch 1, 11.6 instead of 9.0 at batch 16 (8 and 4 calls each, interleaved). The
+  app's default (`serving.loading.SERVING_RUNTIME`), where memory is held for hours; not the
+  CLI's.
 - `onnx-int8`: the ONNX model statically quantised to int8 (per-channel weights, activation
   ranges from real face crops passed as `calibration`); about twice as fast again for the
   student on a CPU with VNNI. It changes the arithmetic: use it only where
