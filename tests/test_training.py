@@ -163,16 +163,18 @@ def test_train_teacher_and_distill_commands_end_to_end(crop_folder, tmp_path):
     assert main(["train-teacher", *common, "--out", str(tmp_path / "teacher"), "--init", "none",
                  "--backbone", "efficientnet_lite0", "--model-kwargs", tiny_teacher]) == 0
     assert (tmp_path / "teacher" / "best" / "config.json").is_file()
-    for alpha in ("0.5", "1.0"):
-        out = tmp_path / f"student-{alpha}"
+    for alpha, mixed in (("0.5", "0"), ("1.0", "0"), ("0.5", "2")):
+        out = tmp_path / f"student-{alpha}-{mixed}"
         assert main(["distill", *common, "--teacher", str(tmp_path / "teacher" / "best"),
                      "--out", str(out), "--alpha", alpha, "--temperature", "3",
-                     "--model-kwargs", json.dumps(TINY_EFFICIENTNET)]) == 0
+                     "--mixed-views", mixed, "--model-kwargs", json.dumps(TINY_EFFICIENTNET)]) == 0
         result = json.loads((out / "result.json").read_text())
         assert result["alpha"] == float(alpha) and 0.0 <= result["val"]["auc"] <= 1.0
-        assert result["views"] == 4
-    # the teacher scored each of the 4 views once (one chunk each), and only once
+        assert result["views"] == 4 and result["mixed_views"] == int(mixed)
+    # the teacher scored each of the 4 views once (one chunk each), and only once; adding two
+    # blends scored only the blends
     assert len(list((tmp_path / "cache").glob("teacher-views-*/view*.npy"))) == 4
+    assert len(list((tmp_path / "cache").glob("teacher-views-*/mixup*.npy"))) == 2
 
 
 def test_view_feed_makes_each_view_again_and_says_which_it_drew(crop_folder):
@@ -189,6 +191,38 @@ def test_view_feed_makes_each_view_again_and_says_which_it_drew(crop_folder):
     assert drawn.shape == (6,) and set(drawn.tolist()) <= {0, 1, 2}
     with torch.no_grad():
         assert torch.allclose(logits, model(model.preprocess(feed.images(index, drawn))))
+
+
+def test_mixed_views_are_blends_of_two_crops_views_with_the_blend_of_their_labels(crop_folder):
+    from deepfake_kd.training.train import ViewFeed
+
+    crops, labels = training_data(crop_folder)
+    feed = ViewFeed(crops[:6], Augment(), views=2, seed=5, mixed=2)
+    assert feed.total == 4 and feed.lam.shape == feed.partner.shape == (6, 2)
+    index = torch.arange(6)
+    for m in range(2):
+        blend = feed.images(index, torch.full((6,), 2 + m))
+        own = feed.images(index, torch.from_numpy(feed.own_view[:, m]))
+        partner = feed.images(torch.from_numpy(feed.partner[:, m]),
+                              torch.from_numpy(feed.partner_view[:, m]))
+        lam = torch.from_numpy(feed.lam[:, m]).view(-1, 1, 1, 1)
+        want = (lam * own.float() + (1 - lam) * partner.float()).round()
+        assert torch.equal(blend.float(), want)
+    # a batch mixing plain views and blends gives each row what it gives alone
+    view = torch.tensor([0, 3, 1, 2, 3, 0])
+    rows = feed.images(index, view)
+    for j in range(6):
+        assert torch.equal(rows[j], feed.images(index[j:j + 1], view[j:j + 1])[0])
+    # a blend's label is the mix of the two crops' labels; plain views keep the crop's own
+    targets = feed.view_targets(labels[:6])
+    assert targets.shape == (6, 4) and (targets[:, :2] == labels[:6, None]).all()
+    assert np.allclose(targets[:, 2:], feed.lam * labels[:6, None]
+                       + (1 - feed.lam) * labels[:6][feed.partner])
+    # blend m does not depend on how many blends there are
+    fewer = ViewFeed(crops[:6], Augment(), views=2, seed=5, mixed=1)
+    assert torch.equal(fewer.images(index, torch.full((6,), 2)),
+                       feed.images(index, torch.full((6,), 2)))
+    assert ViewFeed(crops[:6], Augment(), views=2).view_targets(labels[:6]).shape == (6,)
 
 
 def test_teacher_view_logits_are_the_teachers_logits_of_those_views(crop_folder, tmp_path):
@@ -212,6 +246,16 @@ def test_teacher_view_logits_are_the_teachers_logits_of_those_views(crop_folder,
                               log=lambda m: None)
     assert len(list(tmp_path.glob("teacher-views-*"))) == 2
     assert np.allclose(onnx, logits, atol=1e-4)
+    # a blend added later: only the blend is scored, the plain views' files are used again
+    blended = ViewFeed(crops[:5], Augment(), views=2, seed=1, mixed=1)
+    messages = []
+    both = cached_view_logits("in-memory", teacher, blended, tmp_path, chunk=3,
+                              log=messages.append)
+    assert both.shape == (5, 3) and np.array_equal(both[:, :2], logits)
+    assert len(messages) == 2 and all("view 2," in m for m in messages)
+    with torch.no_grad():
+        images = blended.images(torch.arange(5), torch.full((5,), 2))
+        assert np.allclose(both[:, 2], teacher(teacher.preprocess(images)).numpy(), atol=1e-5)
 
 
 def test_views_made_beforehand_are_those_views_at_the_students_size(crop_folder, tmp_path):

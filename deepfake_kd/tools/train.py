@@ -192,10 +192,11 @@ def run_distill(args: argparse.Namespace) -> int:
         log(f"initialised {init_trunks_from(student, imagenet_lite0_state_dict())} backbone "
             "tensors from imagenet-lite0")
     frozen = freeze_early_stages(student, args.trainable_from_stage)
-    targets = {"label": train_labels}
+    views = ViewFeed(train_crops, Augment(), views=args.views, seed=args.view_seed,
+                     mixed=args.mixed_views)
+    targets = {"label": views.view_targets(train_labels)}  # a blend's label: the mix of two
     if not args.no_class_balance:
-        targets["weight"] = class_balance_weights(train_labels)
-    views = ViewFeed(train_crops, Augment(), views=args.views, seed=args.view_seed)
+        targets["weight"] = views.view_targets(class_balance_weights(train_labels))
     size = student.input_size
     if args.alpha < 1.0:
         device = resolve_device(args.device)
@@ -204,9 +205,10 @@ def run_distill(args: argparse.Namespace) -> int:
             teacher = accelerate(teacher, args.teacher_runtime)
         targets["teacher_logit"] = cached_view_logits(
             args.teacher, teacher, views, Path(args.cache_dir), bf16=args.bf16, log=log)
+        plain = targets["teacher_logit"][:, :args.views]
         teacher_auc = binary_metrics(np.repeat(train_labels, args.views),
-                                     1 / (1 + np.exp(-targets["teacher_logit"].ravel())))
-        log(f"teacher on the training views: {json.dumps(teacher_auc)}")
+                                     1 / (1 + np.exp(-plain.ravel())))
+        log(f"teacher on the plain training views: {json.dumps(teacher_auc)}")
         loss_fn = partial(kd_loss_fn, alpha=args.alpha, temperature=args.temperature)
     else:  # the ablation: the same student and recipe without the teacher
         loss_fn = hard_loss
@@ -222,7 +224,8 @@ def run_distill(args: argparse.Namespace) -> int:
     log(f"done: best student val {json.dumps(final)} after {state.seconds / 60:.1f} min")
     (out / "result.json").write_text(json.dumps(
         {"alpha": args.alpha, "temperature": args.temperature, "val": final,
-         "views": args.views, "seed": args.seed, "minutes": state.seconds / 60,
+         "views": args.views, "mixed_views": args.mixed_views, "seed": args.seed,
+         "minutes": state.seconds / 60,
          "images": state.images}, indent=1))
     return 0
 
@@ -242,6 +245,10 @@ def add_distill_cli(subparsers) -> None:
     parser.add_argument("--views", type=int, default=4,
                         help="fixed augmented views per training crop; the teacher scores each "
                              "once and the student learns its logit for the view it draws")
+    parser.add_argument("--mixed-views", type=int, default=0,
+                        help="more views per crop, each a mixup blend of two crops' views, "
+                             "scored by the teacher like the others (the no-teacher ablation "
+                             "learns the blend of the two labels)")
     parser.add_argument("--view-seed", type=int, default=0,
                         help="seed of the views (kept apart from --seed, so runs of several "
                              "seeds and the no-teacher ablation see the same views)")

@@ -48,7 +48,8 @@ def kd_loss_fn(logits, targets, *, alpha: float, temperature: float):
 def cached_view_logits(teacher_ref: str, teacher: FaceClassifier, views: ViewFeed,
                        cache_dir: Path, *, bf16: bool = False, chunk: int = 2048,
                        log=print) -> np.ndarray:
-    """The teacher's logit for every view of every crop, float32 [N, views.views]: the student's
+    """The teacher's logit for every view of every crop, plain and blended, float32
+    [N, views.total]: the student's
     targets for the very images it sees (function matching). Running the teacher on augmented
     views, not on the clean crop, is the point: the augmentations (downscale, blur, JPEG, cut-out)
     change what a crop shows, and a clean-crop logit would teach the student to be sure where the
@@ -66,7 +67,7 @@ def cached_view_logits(teacher_ref: str, teacher: FaceClassifier, views: ViewFee
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             return feed_logits(teacher, CropFeed(images))
 
-    out = np.empty((len(views), views.views), dtype=np.float32)
+    out = np.empty((len(views), views.total), dtype=np.float32)
     return fill_per_view(views, folder, out, score, what="teacher logits", chunk=chunk, log=log)
 
 
@@ -92,13 +93,16 @@ def cached_views(views: ViewFeed, size: int, cache_dir: Path, *, chunk: int = 20
 
 def fill_per_view(views: ViewFeed, folder: Path, out: np.ndarray, compute, *, what: str,
                   chunk: int, log) -> np.ndarray:
-    """out[i, k] = compute(view k of crops i..)[i], made a chunk of `chunk` crops at a time from
-    uint8 views [n, H, W, 3] and cached in `folder` one file per view and chunk (written whole or
-    not at all), so a killed run resumes at the chunk it was in."""
+    """out[i, k] = compute(view k of crops i..)[i] for the first out.shape[1] views, made a chunk
+    of `chunk` crops at a time from uint8 views [n, H, W, 3] and cached in `folder` one file per
+    view and chunk (written whole or not at all), so a killed run resumes at the chunk it was in.
+    Blends are named apart ("mixup{m}-of{views}"): their recipe depends on the plain views'
+    number, and adding blends must not make the plain views' files stale."""
     folder.mkdir(parents=True, exist_ok=True)
-    for k in range(views.views):
+    for k in range(out.shape[1]):
+        name = f"view{k}" if k < views.views else f"mixup{k - views.views}-of{views.views}"
         for start in range(0, len(views), chunk):
-            path = folder / f"view{k}-{start:07d}.npy"
+            path = folder / f"{name}-{start:07d}.npy"
             if not path.is_file():
                 index = torch.arange(start, min(start + chunk, len(views)))
                 images = views.images(index, torch.full_like(index, k))

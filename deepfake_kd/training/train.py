@@ -190,20 +190,49 @@ class ViewFeed:
     2022, "Knowledge distillation: A good teacher is patient and consistent"). The teacher scores
     every view once (`distill.cached_view_logits`); the student draws a view per crop and step
     and learns the teacher's logit for exactly the image it sees. Returns the drawn views, so
-    per-view targets ([N, views]) are picked for them."""
+    per-view targets ([N, views + mixed]) are picked for them.
+
+    `mixed` more views per crop are mixup images (Zhang et al., 2018): view m of crop i is
+    lam * (a plain view of i) + (1 - lam) * (a plain view of a random partner crop), lam uniform
+    in [0, 1]. Why: the paper's second ingredient. A fixed set of views is the "fixed teacher"
+    regime, where the student can fit the teacher's logits on those points and learn nothing a
+    label does not say; blends widen the support where the teacher's answer (is a half-faded
+    fake still fake?) differs from the linear mix of labels (`view_targets`) that the no-teacher
+    ablation learns. Mixing commutes with resizing, so the student's small blend is the blend of
+    the small views."""
 
     crops: np.ndarray  # uint8 [N, H, W, 3]
     augment: Augment
     views: int = 4
     seed: int = 0
-    made: np.ndarray | None = None  # uint8 [N, views, s, s, 3]: every view made beforehand
+    made: np.ndarray | None = None  # uint8 [N, views, s, s, 3]: every plain view made beforehand
+    mixed: int = 0
+
+    def __post_init__(self) -> None:
+        # one generator per mixed view, so view m's blends do not depend on how many there are
+        n = len(self.crops)
+        recipes = [np.random.default_rng((self.seed, m, 0x5EED)) for m in range(self.mixed)]
+        draws = [(r.integers(n, size=n), r.integers(self.views, size=n),
+                  r.integers(self.views, size=n), r.random(n)) for r in recipes]
+
+        def column(k: int, dtype) -> np.ndarray:  # [N, mixed]
+            return np.stack([d[k] for d in draws], 1).astype(dtype) if draws \
+                else np.zeros((n, 0), dtype)
+
+        self.partner, self.own_view = column(0, np.int64), column(1, np.int64)
+        self.partner_view, self.lam = column(2, np.int64), column(3, np.float32)
 
     def __len__(self) -> int:
         return len(self.crops)
 
-    def images(self, index: torch.Tensor, view: torch.Tensor) -> torch.Tensor:
-        """uint8 [B,3,H,W]: view view[j] of crop index[j] (from `made` when the views were made
-        beforehand, at the student's size: `distill.cached_views`)."""
+    @property
+    def total(self) -> int:
+        """Views per crop, plain and mixed."""
+        return self.views + self.mixed
+
+    def plain_images(self, index: torch.Tensor, view: torch.Tensor) -> torch.Tensor:
+        """uint8 [B,3,H,W]: plain view view[j] < views of crop index[j] (from `made` when the
+        views were made beforehand, at the student's size: `distill.cached_views`)."""
         if self.made is not None:
             return torch.from_numpy(self.made[index.numpy(), view.numpy()]).permute(0, 3, 1, 2)
         cv2.setNumThreads(1)
@@ -212,10 +241,38 @@ class ViewFeed:
                for i, k in zip(index.tolist(), view.tolist())]
         return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2)
 
+    def images(self, index: torch.Tensor, view: torch.Tensor) -> torch.Tensor:
+        """uint8 [B,3,H,W]: view view[j] < total of crop index[j]; views >= `views` are blends."""
+        assert index.shape == view.shape and bool((view < self.total).all()), \
+            f"views 0..{self.total - 1} of {len(self)} crops"
+        blend = (view >= self.views).numpy()
+        if not blend.any():
+            return self.plain_images(index, view)
+        i, m = index.numpy()[blend], view.numpy()[blend] - self.views
+        plain = view.numpy().copy()
+        plain[blend] = self.own_view[i, m]
+        out = self.plain_images(index, torch.from_numpy(plain))
+        partner = self.plain_images(torch.from_numpy(self.partner[i, m]),
+                                    torch.from_numpy(self.partner_view[i, m]))
+        lam = torch.from_numpy(self.lam[i, m]).view(-1, 1, 1, 1)
+        mask = torch.from_numpy(blend)
+        out[mask] = (lam * out[mask].float() + (1 - lam) * partner.float()).round().byte()
+        return out
+
+    def view_targets(self, values: np.ndarray) -> np.ndarray:
+        """Per-crop values (labels, loss weights) as per-view targets, float32 [N, total]: the
+        crop's own for plain views, lam * own + (1 - lam) * partner's for blends (mixup's label).
+        Without blends, [N] as given."""
+        values = np.asarray(values, dtype=np.float32)
+        if not self.mixed:
+            return values
+        blends = self.lam * values[:, None] + (1 - self.lam) * values[self.partner]
+        return np.concatenate([np.repeat(values[:, None], self.views, 1), blends], 1)
+
     def logits(self, model: FaceClassifier, index: torch.Tensor,
                generator: torch.Generator | None = None, size: int | None = None
                ) -> tuple[torch.Tensor, torch.Tensor]:
-        view = torch.randint(self.views, (len(index),), generator=generator) \
+        view = torch.randint(self.total, (len(index),), generator=generator) \
             if generator is not None else torch.zeros(len(index), dtype=torch.long)
         images = self.images(index, view)
         return model(on_model_device(model, model.preprocess(images, size=size))), view
