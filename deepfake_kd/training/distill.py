@@ -52,8 +52,9 @@ def cached_view_logits(teacher_ref: str, teacher: FaceClassifier, views: ViewFee
     [N, views.total]: the student's targets for the very images it sees (function matching).
     Running the teacher on augmented views, not on the clean crop, is the point: the
     augmentations (downscale, blur, JPEG, cut-out) change what a crop shows, and a clean-crop
-    logit would teach the student to be sure where the teacher itself is not. Cached in chunks of `chunk` crops per view, keyed by the teacher's
-    weights, the crops and the views' recipe, so a killed run resumes at the chunk it was in."""
+    logit would teach the student to be sure where the teacher itself is not. Cached in chunks
+    of `chunk` crops per view, keyed by the teacher's weights, the crops and the views' recipe,
+    so a killed run resumes at the chunk it was in."""
     digest = hashlib.sha1(str(teacher_ref).encode())
     folder = Path(teacher_ref)
     for path in sorted(folder.glob("*.safetensors")) if folder.is_dir() else []:
