@@ -69,6 +69,17 @@ def test_one_interface(model):
     assert ((probs >= 0) & (probs <= 1)).all()
     with pytest.raises(ValueError, match="expects"):
         model(torch.randn(1, 3, model.input_size + 1, model.input_size + 1))
+    # the forward pass split at the features the logit is linear in (feature distillation's)
+    with torch.no_grad():
+        for head in model.modules():  # zero-initialised heads would hide a wrong split
+            if isinstance(head, torch.nn.Linear) and head.out_features == 1:
+                torch.nn.init.normal_(head.weight)
+        features = model.pre_logits(x)
+        assert features.ndim == 2 and len(features) == 3
+        assert torch.allclose(model.classify(features), model(x), atol=1e-5)
+        # linear: the logits of a mix of features are the mix of the logits
+        mixed = model.classify(0.25 * features + 0.75 * features.flip(0))
+        assert torch.allclose(mixed, 0.25 * model(x) + 0.75 * model(x).flip(0), atol=1e-4)
 
 
 def test_preprocess_reads_size_and_normalisation_from_the_config():

@@ -15,6 +15,11 @@ from deepfake_kd.training.train import CropFeed, FitConfig, fit, hard_loss, sche
 
 TINY_STUDENT = {"widths": [4, 8], "image_size": 32}
 TINY_EFFICIENTNET = {"num_stages": 2, "head_channels": 8, "image_size": 32}
+TINY_TEACHER = {"image_size": 64, "sm_patch_size": 2, "lg_patch_size": 16, "depth": 1,
+                "sm_dim": 16, "lg_dim": 16, "sm_enc_depth": 1, "lg_enc_depth": 1,
+                "sm_enc_mlp_dim": 32, "lg_enc_mlp_dim": 32, "sm_enc_heads": 2, "lg_enc_heads": 2,
+                "cross_attn_heads": 2, "sm_enc_dim_head": 8, "lg_enc_dim_head": 8,
+                "cross_attn_dim_head": 8, "cross_attn_depth": 1, "backbone": "efficientnet_lite0"}
 
 
 # ------------------------------------------------------------------ distillation loss
@@ -59,7 +64,7 @@ def test_t_squared_keeps_gradient_size_comparable_across_temperatures():
 def test_alpha_one_is_plain_bce():
     s, t, y = torch.randn(5), torch.randn(5), (torch.rand(5) > 0.5).float()
     assert torch.allclose(distillation_loss(s, t, y, alpha=1.0, temperature=4.0),
-                          hard_loss(s, {"label": y}))
+                          hard_loss({"logit": s}, {"label": y}))
 
 
 # ------------------------------------------------------------------ metrics
@@ -125,7 +130,7 @@ def test_a_few_steps_lower_the_loss(crop_folder, tmp_path):
         model.eval()
         with torch.no_grad():
             logits = model(model.preprocess(crops))
-        return hard_loss(logits, {"label": torch.tensor(labels).float()}).mean().item()
+        return hard_loss({"logit": logits}, {"label": torch.tensor(labels).float()}).mean().item()
 
     before = loss_now()
     fit(model, train=CropFeed(crops, augment=Augment(flip=0.0, jpeg=0.0, noise=0.0)),
@@ -152,25 +157,26 @@ def test_training_resumes_from_its_checkpoint(crop_folder, tmp_path):
 
 
 def test_train_teacher_and_distill_commands_end_to_end(crop_folder, tmp_path):
-    tiny_teacher = json.dumps({"image_size": 64, "sm_patch_size": 2, "lg_patch_size": 16,
-                               "depth": 1, "sm_dim": 16, "lg_dim": 16, "sm_enc_depth": 1,
-                               "lg_enc_depth": 1, "sm_enc_mlp_dim": 32, "lg_enc_mlp_dim": 32,
-                               "sm_enc_heads": 2, "lg_enc_heads": 2, "cross_attn_heads": 2,
-                               "sm_enc_dim_head": 8, "lg_enc_dim_head": 8,
-                               "cross_attn_dim_head": 8, "cross_attn_depth": 1})
+    tiny_teacher = json.dumps({k: v for k, v in TINY_TEACHER.items() if k != "backbone"})
     common = ["--manifest", str(crop_folder), "--cache-dir", str(tmp_path / "cache"),
               "--batch-size", "8", "--epochs", "0.25"]
     assert main(["train-teacher", *common, "--out", str(tmp_path / "teacher"), "--init", "none",
                  "--backbone", "efficientnet_lite0", "--model-kwargs", tiny_teacher]) == 0
     assert (tmp_path / "teacher" / "best" / "config.json").is_file()
-    for alpha, mixed in (("0.5", "0"), ("1.0", "0"), ("0.5", "2")):
-        out = tmp_path / f"student-{alpha}-{mixed}"
+    for alpha, mixed, feature in (("0.5", "0", "0"), ("1.0", "0", "0"), ("0.5", "2", "0"),
+                                  ("0.5", "0", "0.5")):
+        out = tmp_path / f"student-{alpha}-{mixed}-{feature}"
         assert main(["distill", *common, "--teacher", str(tmp_path / "teacher" / "best"),
                      "--out", str(out), "--alpha", alpha, "--temperature", "3",
-                     "--mixed-views", mixed, "--model-kwargs", json.dumps(TINY_EFFICIENTNET)]) == 0
+                     "--mixed-views", mixed, "--feature-weight", feature,
+                     "--model-kwargs", json.dumps(TINY_EFFICIENTNET)]) == 0
         result = json.loads((out / "result.json").read_text())
         assert result["alpha"] == float(alpha) and 0.0 <= result["val"]["auc"] <= 1.0
         assert result["views"] == 4 and result["mixed_views"] == int(mixed)
+        assert result["feature_weight"] == float(feature)
+    # the teacher's features (16 + 16 dims) of the 4 views, computed for the feature run only
+    features = list((tmp_path / "cache").glob("teacher-features-*/view*.npy"))
+    assert len(features) == 4 and np.load(features[0]).shape[1] == 32
     # the teacher scored each of the 4 views once (one chunk each), and only once; adding two
     # blends scored only the blends
     assert len(list((tmp_path / "cache").glob("teacher-views-*/view*.npy"))) == 4
@@ -187,10 +193,10 @@ def test_view_feed_makes_each_view_again_and_says_which_it_drew(crop_folder):
     assert not torch.equal(feed.images(index, torch.zeros(6, dtype=torch.long)),
                            feed.images(index, torch.ones(6, dtype=torch.long)))
     model = StudentCNN(**TINY_STUDENT).eval()
-    logits, drawn = feed.logits(model, index, torch.Generator().manual_seed(0))
+    outputs, drawn = feed.outputs(model, index, torch.Generator().manual_seed(0))
     assert drawn.shape == (6,) and set(drawn.tolist()) <= {0, 1, 2}
     with torch.no_grad():
-        assert torch.allclose(logits, model(model.preprocess(feed.images(index, drawn))))
+        assert torch.allclose(outputs["logit"], model(model.preprocess(feed.images(index, drawn))))
 
 
 def test_mixed_views_are_blends_of_two_crops_views_with_the_blend_of_their_labels(crop_folder):
@@ -256,6 +262,87 @@ def test_teacher_view_logits_are_the_teachers_logits_of_those_views(crop_folder,
     with torch.no_grad():
         images = blended.images(torch.arange(5), torch.full((5,), 2))
         assert np.allclose(both[:, 2], teacher(teacher.preprocess(images)).numpy(), atol=1e-5)
+
+
+def test_teacher_view_features_are_its_pre_logits_of_those_views(crop_folder, tmp_path):
+    from deepfake_kd.models import CrossEfficientViT
+    from deepfake_kd.pipeline.runtime import accelerate
+    from deepfake_kd.training.distill import PreLogits, cached_view_features
+    from deepfake_kd.training.train import ViewFeed
+
+    crops, _ = training_data(crop_folder)
+    feed = ViewFeed(crops[:5], Augment(), views=2, seed=1)
+    torch.manual_seed(0)
+    teacher = CrossEfficientViT(**TINY_TEACHER).eval()
+    features = cached_view_features("in-memory", PreLogits(teacher), feed, tmp_path, chunk=3,
+                                    log=lambda m: None)
+    assert features.shape == (5, 2, 32) and features.dtype == np.float16
+    with torch.no_grad():
+        for k in range(2):
+            images = teacher.preprocess(feed.images(torch.arange(5), torch.full((5,), k)))
+            assert np.allclose(features[:, k], teacher.pre_logits(images).numpy(), atol=1e-2)
+    assert len(list(tmp_path.glob("teacher-features-*/view*.npy"))) == 4  # 2 views x 2 chunks
+    assert not list(tmp_path.glob("teacher-views-*"))  # apart from the logits
+    onnx = cached_view_features("in-memory", accelerate(PreLogits(teacher), "onnx"), feed,
+                                tmp_path, chunk=3, log=lambda m: None)
+    assert np.allclose(onnx.astype(np.float32), features.astype(np.float32), atol=1e-2)
+
+
+def test_feature_distillation_adds_the_projected_feature_error_to_the_kd_loss():
+    from deepfake_kd.training.distill import FeatureDistillation, kd_loss_fn
+
+    torch.manual_seed(0)
+    mean, std = np.array([1.0, -2.0, 0.5], np.float32), np.array([2.0, 0.5, 1.0], np.float32)
+    loss = FeatureDistillation(student_dim=4, teacher_mean=mean, teacher_std=std, weight=0.3,
+                               alpha=0.5, temperature=2.0)
+    student = torch.randn(6, 4)
+    teacher = torch.randn(6, 3) * torch.from_numpy(std) + torch.from_numpy(mean)
+    outputs = {"logit": torch.randn(6), "pre_logits": student}
+    targets = {"label": torch.ones(6), "teacher_logit": torch.randn(6),
+               "teacher_features": teacher}
+    standardised = (teacher - torch.from_numpy(mean)) / torch.from_numpy(std)
+    expected = ((loss.projection(student) - standardised) ** 2).mean(-1)
+    kd = kd_loss_fn(outputs, targets, alpha=0.5, temperature=2.0)
+    assert torch.allclose(loss(outputs, targets), kd + 0.3 * expected)
+    # a projection that reproduces the teacher leaves the KD loss alone
+    with torch.no_grad():
+        loss.projection.weight.zero_()
+        loss.projection.bias.zero_()
+    at_mean = torch.from_numpy(mean).expand(6, 3)
+    assert torch.allclose(loss(outputs, {**targets, "teacher_features": at_mean}), kd)
+
+
+def test_fit_trains_a_trainable_loss_and_resumes_it(crop_folder, tmp_path):
+    from deepfake_kd.models import TinyEfficientNet
+    from deepfake_kd.training.distill import FeatureDistillation
+    from deepfake_kd.training.train import ViewFeed
+
+    crops, labels = training_data(crop_folder)
+    rng = np.random.default_rng(0)
+    teacher_features = rng.normal(size=(len(crops), 2, 3)).astype(np.float16)
+    targets = {"label": labels, "teacher_logit": rng.normal(size=(len(crops), 2)),
+               "teacher_features": teacher_features}
+
+    def run(epochs: int):
+        torch.manual_seed(0)
+        loss = FeatureDistillation(student_dim=8, teacher_mean=np.zeros(3, np.float32),
+                                   teacher_std=np.ones(3, np.float32), weight=1.0, alpha=0.5,
+                                   temperature=2.0)
+        before = loss.projection.weight.detach().clone()
+        fit(TinyEfficientNet(**TINY_EFFICIENTNET), train=ViewFeed(crops, Augment(), views=2),
+            train_targets=targets, val=CropFeed(crops), val_labels=labels, out_dir=tmp_path,
+            loss_fn=loss, progress=False, log=lambda m: None,
+            config=FitConfig(batch_size=16, epochs=epochs))
+        return before, loss
+
+    before, loss = run(1)
+    assert not torch.equal(before, loss.projection.weight)  # the projection learnt
+    saved = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert torch.equal(saved["loss"]["projection.weight"], loss.projection.weight)
+    _, resumed = run(1)  # the schedule is done: the projection comes back from the checkpoint
+    assert torch.equal(resumed.projection.weight, loss.projection.weight)
+    assert not any(k.startswith("projection") for k in load_model(str(tmp_path / "best"))
+                   .state_dict())  # never part of the student
 
 
 def test_views_made_beforehand_are_those_views_at_the_students_size(crop_folder, tmp_path):

@@ -5,9 +5,11 @@ turns logits into fake probabilities; `preprocess` turns uint8 RGB crops into th
 expects, from the size and normalisation in its own config. A model built on EfficientNet trunks
 names them in `trunks()` and computes its logits from their maps in `forward_from_features`
 (training runs frozen trunks once, `training.backbone_cache`); a model without trunks keeps the
-defaults (no trunks). A model behind another runtime (`pipeline.runtime`) gives back the torch
-model with `unwrap()`. Callers (analysis, training, benchmark, app) never need to know which
-model they hold, and never probe for attributes.
+defaults (no trunks). A model also splits its forward pass at the features its logit is linear in
+(timm's "pre-logits"): `classify(pre_logits(x)) == forward(x)`, which feature distillation
+matches between teacher and student. A model behind another runtime (`pipeline.runtime`) gives
+back the torch model with `unwrap()`. Callers (analysis, training, benchmark, app) never need
+to know which model they hold, and never probe for attributes.
 
 Persistence goes through `huggingface_hub.PyTorchModelHubMixin` (config.json) and
 `weights` (safetensors only).
@@ -66,6 +68,17 @@ class FaceClassifier(nn.Module, PyTorchModelHubMixin):
     def forward_from_features(self, *maps: torch.Tensor) -> torch.Tensor:
         """Logits from the maps of `trunks()`; only for models that have trunks."""
         raise NotImplementedError(f"{type(self).__name__} has no trunks to take maps from")
+
+    def pre_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """[N, D] features the logit is a linear function of (`classify`), from a preprocessed
+        batch: what feature distillation matches (`training.distill`)."""
+        raise NotImplementedError(f"{type(self).__name__} does not expose its pre-logit "
+                                  "features: implement pre_logits and classify")
+
+    def classify(self, features: torch.Tensor) -> torch.Tensor:
+        """Logits [N] from `pre_logits` features [N, D]."""
+        raise NotImplementedError(f"{type(self).__name__} does not expose its pre-logit "
+                                  "features: implement pre_logits and classify")
 
     def unwrap(self) -> FaceClassifier:
         """The torch model that holds the weights: the model itself, unless a runtime wraps it."""

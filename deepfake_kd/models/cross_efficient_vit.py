@@ -245,6 +245,19 @@ class CrossEfficientViT(FaceClassifier, **hub_mixin_kwargs("cross-efficient-vit"
         sm, lg = self.encoder(self.sm_embedder.tokens(sm_map), self.lg_embedder.tokens(lg_map))
         return (self.sm_head(sm[:, 0]) + self.lg_head(lg[:, 0])).squeeze(-1)
 
+    def pre_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Both branches' CLS tokens after their heads' LayerNorm, side by side
+        [N, sm_dim + lg_dim]: each head is a linear map of its half."""
+        self.check_input(x)
+        sm, lg = self.encoder(self.sm_embedder(x), self.lg_embedder(x))
+        return torch.cat((self.sm_head[0](sm[:, 0]), self.lg_head[0](lg[:, 0])), dim=-1)
+
+    def classify(self, features: torch.Tensor) -> torch.Tensor:
+        sm_dim = self.sm_head[0].normalized_shape[0]
+        assert features.shape[-1] == sm_dim + self.lg_head[0].normalized_shape[0], features.shape
+        return (self.sm_head[1](features[:, :sm_dim])
+                + self.lg_head[1](features[:, sm_dim:])).squeeze(-1)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
         return self.forward_from_features(self.sm_embedder.trunk(x), self.lg_embedder.trunk(x))

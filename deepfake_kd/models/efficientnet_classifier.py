@@ -43,6 +43,14 @@ class EfficientNetClassifier(FaceClassifier, **hub_mixin_kwargs("efficientnet-cl
     def forward_from_features(self, fmap: torch.Tensor) -> torch.Tensor:
         return self.head(fmap).squeeze(-1)
 
+    def pre_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The pooled last map [N, C], before dropout and the linear logit."""
+        self.check_input(x)
+        return self.head[:-2](self.trunk(x))
+
+    def classify(self, features: torch.Tensor) -> torch.Tensor:
+        return self.head[-2:](features).squeeze(-1)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
         return self.forward_from_features(self.trunk(x))

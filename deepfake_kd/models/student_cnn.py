@@ -52,6 +52,14 @@ class StudentCNN(FaceClassifier, **hub_mixin_kwargs("student-cnn")):
         self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout),
                                   nn.Linear(widths[-1], 1))
 
+    def pre_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The pooled last map [N, widths[-1]], before dropout and the linear logit."""
+        self.check_input(x)
+        return self.head[:-2](self.stages(self.stem(x)))
+
+    def classify(self, features: torch.Tensor) -> torch.Tensor:
+        return self.head[-2:](features).squeeze(-1)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
         return self.head(self.stages(self.stem(x))).squeeze(-1)

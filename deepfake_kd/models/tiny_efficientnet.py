@@ -45,6 +45,14 @@ class TinyEfficientNet(FaceClassifier, **hub_mixin_kwargs("tiny-efficientnet")):
     def forward_from_features(self, fmap: torch.Tensor) -> torch.Tensor:
         return self.head(fmap).squeeze(-1)
 
+    def pre_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The pooled, widened map [N, head_channels], before dropout and the linear logit."""
+        self.check_input(x)
+        return self.head[:-2](self.trunk(x))
+
+    def classify(self, features: torch.Tensor) -> torch.Tensor:
+        return self.head[-2:](features).squeeze(-1)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
         return self.forward_from_features(self.trunk(x))

@@ -9,6 +9,11 @@ Every term is per sample; nothing normalises across the batch (a softmax over di
 logits, seen in circulated KD code, would make a sample's target depend on its batch-mates).
 The T^2 factor keeps the soft gradient, T * (sigmoid(s/T) - sigmoid(t/T)) ~ (s - t) / 4 for large
 T, the same size whatever T is.
+
+One logit carries one number per image, so `FeatureDistillation` adds the teacher's pre-logit
+features (576 numbers per image for the Cross Efficient ViT) as a target, through a linear
+projection trained with the student (FitNets, Romero et al., 2015, on the last features; the
+projector as in Miles & Mikolajczyk, 2024).
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import torch.nn.functional as F
 
 from ..models import FaceClassifier
 from ..util import atomic_path, crops_digest
-from .train import CropFeed, ViewFeed, feed_logits
+from .train import CropFeed, TrainableLoss, ViewFeed, feed_logits
 
 
 def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
@@ -40,9 +45,37 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
     return alpha * hard + (1 - alpha) * soft
 
 
-def kd_loss_fn(logits, targets, *, alpha: float, temperature: float):
-    return distillation_loss(logits, targets["teacher_logit"], targets["label"], alpha=alpha,
-                             temperature=temperature)
+def kd_loss_fn(outputs, targets, *, alpha: float, temperature: float):
+    return distillation_loss(outputs["logit"], targets["teacher_logit"], targets["label"],
+                             alpha=alpha, temperature=temperature)
+
+
+class FeatureDistillation(TrainableLoss):
+    """kd_loss_fn + weight * mean over dims of (projection(student features) - teacher's)^2,
+    per sample. The teacher's features are standardised per dimension (their training mean and
+    spread, `mean` and `std`), so the term starts near 1 whatever their scale; the projection
+    (student dim -> teacher dim) is trained with the student and dropped after training."""
+
+    def __init__(self, *, student_dim: int, teacher_mean: np.ndarray, teacher_std: np.ndarray,
+                 weight: float, alpha: float, temperature: float):
+        super().__init__()
+        assert teacher_mean.shape == teacher_std.shape and teacher_mean.ndim == 1, \
+            (teacher_mean.shape, teacher_std.shape)
+        self.projection = torch.nn.Linear(student_dim, len(teacher_mean))
+        self.register_buffer("teacher_mean", torch.as_tensor(teacher_mean, dtype=torch.float32))
+        self.register_buffer("teacher_std", torch.as_tensor(teacher_std, dtype=torch.float32)
+                             .clamp_min(1e-6))
+        self.weight, self.alpha, self.temperature = weight, alpha, temperature
+
+    def feature_loss(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        assert student.ndim == teacher.ndim == 2 and len(student) == len(teacher), \
+            (student.shape, teacher.shape)
+        target = (teacher - self.teacher_mean) / self.teacher_std
+        return (self.projection(student) - target).pow(2).mean(-1)
+
+    def forward(self, outputs, targets):
+        return kd_loss_fn(outputs, targets, alpha=self.alpha, temperature=self.temperature) \
+            + self.weight * self.feature_loss(outputs["pre_logits"], targets["teacher_features"])
 
 
 def cached_view_logits(teacher_ref: str, teacher: FaceClassifier, views: ViewFeed,
@@ -55,13 +88,8 @@ def cached_view_logits(teacher_ref: str, teacher: FaceClassifier, views: ViewFee
     logit would teach the student to be sure where the teacher itself is not. Cached in chunks
     of `chunk` crops per view, keyed by the teacher's weights, the crops and the views' recipe,
     so a killed run resumes at the chunk it was in."""
-    digest = hashlib.sha1(str(teacher_ref).encode())
-    folder = Path(teacher_ref)
-    for path in sorted(folder.glob("*.safetensors")) if folder.is_dir() else []:
-        digest.update(f"{path.name}:{path.stat().st_size}:{path.stat().st_mtime_ns}".encode())
-    runtime = getattr(teacher, "runtime", "eager")  # ONNX Runtime: logits within 4e-5 of eager
-    digest.update(f"{views_key(views)}|{bf16}|{runtime}".encode())
-    folder = Path(cache_dir) / f"teacher-views-{digest.hexdigest()[:16]}"
+    key = teacher_views_key(teacher_ref, teacher, views, bf16)
+    folder = Path(cache_dir) / f"teacher-views-{key}"
 
     def score(images: np.ndarray) -> np.ndarray:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
@@ -69,6 +97,54 @@ def cached_view_logits(teacher_ref: str, teacher: FaceClassifier, views: ViewFee
 
     out = np.empty((len(views), views.total), dtype=np.float32)
     return fill_per_view(views, folder, out, score, what="teacher logits", chunk=chunk, log=log)
+
+
+def cached_view_features(teacher_ref: str, teacher: FaceClassifier, views: ViewFeed,
+                         cache_dir: Path, *, chunk: int = 2048, batch_size: int = 64,
+                         log=print) -> np.ndarray:
+    """The teacher's pre-logit features (`FaceClassifier.pre_logits`) for every view of every
+    crop, float16 [N, views.total, D] (34,655 crops, 4 views, 576 dims: 160 MB), cached like
+    `cached_view_logits`. `teacher` may run in another runtime (`pipeline.runtime`, which
+    exports `PreLogits(teacher)`): its forward must return the features."""
+    key = teacher_views_key(teacher_ref, teacher, views, False)
+    folder = Path(cache_dir) / f"teacher-features-{key}"
+
+    @torch.no_grad()
+    def score(images: np.ndarray) -> np.ndarray:
+        teacher.eval()
+        return np.concatenate([teacher(teacher.preprocess(images[s:s + batch_size]))
+                               .float().numpy().astype(np.float16)
+                               for s in range(0, len(images), batch_size)])
+
+    dim = score(np.zeros((1, teacher.input_size, teacher.input_size, 3), np.uint8)).shape[-1]
+    out = np.empty((len(views), views.total, dim), dtype=np.float16)
+    return fill_per_view(views, folder, out, score, what="teacher features", chunk=chunk,
+                         log=log)
+
+
+class PreLogits(FaceClassifier):
+    """`model` whose forward returns its pre-logit features [N, D], so a runtime that runs a
+    forward (ONNX Runtime: 2.5x eager for the teacher on 2 cores) computes them."""
+
+    def __init__(self, model: FaceClassifier):
+        super().__init__(input_size=model.input_size, mean=model.mean, std=model.std)
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.pre_logits(x)
+
+
+def teacher_views_key(teacher_ref: str, teacher: FaceClassifier, views: ViewFeed,
+                      bf16: bool) -> str:
+    """What fixes the teacher's outputs on the views: its weights (files' names, sizes and
+    times), runtime and precision, and the views' pixels."""
+    digest = hashlib.sha1(str(teacher_ref).encode())
+    folder = Path(teacher_ref)
+    for path in sorted(folder.glob("*.safetensors")) if folder.is_dir() else []:
+        digest.update(f"{path.name}:{path.stat().st_size}:{path.stat().st_mtime_ns}".encode())
+    runtime = getattr(teacher, "runtime", "eager")  # ONNX Runtime: logits within 4e-5 of eager
+    digest.update(f"{views_key(views)}|{bf16}|{runtime}".encode())
+    return digest.hexdigest()[:16]
 
 
 def views_key(views: ViewFeed) -> str:

@@ -28,12 +28,33 @@ from ..util import atomic_path
 from .data import Augment, batches, to_tensor
 from .metrics import binary_metrics
 
-# A loss maps (logits [B], batch targets {name: [B]}) to per-sample losses [B].
-LossFn = Callable[[torch.Tensor, dict[str, torch.Tensor]], torch.Tensor]
+# A loss maps (the model's outputs {"logit": [B], maybe "pre_logits": [B, D]}, batch targets
+# {name: [B] or [B, ...]}) to per-sample losses [B].
+LossFn = Callable[[dict[str, torch.Tensor], dict[str, torch.Tensor]], torch.Tensor]
 
 
-def hard_loss(logits: torch.Tensor, targets: dict[str, torch.Tensor]) -> torch.Tensor:
-    return F.binary_cross_entropy_with_logits(logits, targets["label"], reduction="none")
+def hard_loss(outputs: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]) -> torch.Tensor:
+    return F.binary_cross_entropy_with_logits(outputs["logit"], targets["label"],
+                                              reduction="none")
+
+
+class TrainableLoss(torch.nn.Module):
+    """A loss with parameters of its own (e.g. feature distillation's projection), trained beside
+    the model and kept in the checkpoint, never in the saved model. It reads the model's
+    pre-logit features as well as its logits (`FaceClassifier.pre_logits`)."""
+
+    def forward(self, outputs: dict[str, torch.Tensor],
+                targets: dict[str, torch.Tensor]) -> torch.Tensor:
+        raise NotImplementedError
+
+
+def model_outputs(model: FaceClassifier, x: torch.Tensor, *, pre_logits: bool = False
+                  ) -> dict[str, torch.Tensor]:
+    """{"logit": [N]}, with {"pre_logits": [N, D]} from the same forward pass when asked."""
+    if not pre_logits:
+        return {"logit": model(x)}
+    features = model.pre_logits(x)
+    return {"logit": model.classify(features), "pre_logits": features}
 
 
 # ---------------------------------------------------------------- backbone initialisation
@@ -174,13 +195,14 @@ class CropFeed:
     def __len__(self) -> int:
         return len(self.crops)
 
-    def logits(self, model: FaceClassifier, index: torch.Tensor,
-               generator: torch.Generator | None = None, size: int | None = None
-               ) -> tuple[torch.Tensor, None]:
+    def outputs(self, model: FaceClassifier, index: torch.Tensor,
+                generator: torch.Generator | None = None, size: int | None = None, *,
+                pre_logits: bool = False) -> tuple[dict[str, torch.Tensor], None]:
         images = to_tensor(self.crops[index.numpy()])
         if self.augment is not None and generator is not None:
             images = self.augment(images, generator)
-        return model(on_model_device(model, model.preprocess(images, size=size))), None
+        x = on_model_device(model, model.preprocess(images, size=size))
+        return model_outputs(model, x, pre_logits=pre_logits), None
 
 
 @dataclass
@@ -269,13 +291,13 @@ class ViewFeed:
         blends = self.lam * values[:, None] + (1 - self.lam) * values[self.partner]
         return np.concatenate([np.repeat(values[:, None], self.views, 1), blends], 1)
 
-    def logits(self, model: FaceClassifier, index: torch.Tensor,
-               generator: torch.Generator | None = None, size: int | None = None
-               ) -> tuple[torch.Tensor, torch.Tensor]:
+    def outputs(self, model: FaceClassifier, index: torch.Tensor,
+                generator: torch.Generator | None = None, size: int | None = None, *,
+                pre_logits: bool = False) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         view = torch.randint(self.total, (len(index),), generator=generator) \
             if generator is not None else torch.zeros(len(index), dtype=torch.long)
-        images = self.images(index, view)
-        return model(on_model_device(model, model.preprocess(images, size=size))), view
+        x = on_model_device(model, model.preprocess(self.images(index, view), size=size))
+        return model_outputs(model, x, pre_logits=pre_logits), view
 
 
 @dataclass
@@ -290,12 +312,14 @@ class MapFeed:
     def __len__(self) -> int:
         return len(self.maps[0])
 
-    def logits(self, model: FaceClassifier, index: torch.Tensor,
-               generator: torch.Generator | None = None, size: int | None = None
-               ) -> tuple[torch.Tensor, None]:
+    def outputs(self, model: FaceClassifier, index: torch.Tensor,
+                generator: torch.Generator | None = None, size: int | None = None, *,
+                pre_logits: bool = False) -> tuple[dict[str, torch.Tensor], None]:
+        if pre_logits:
+            raise DeepfakeKDError("a loss on pre-logit features needs images, not cached maps")
         maps = [on_model_device(model, torch.from_numpy(np.asarray(m[index.numpy()])).float())
                 for m in self.maps]
-        return model.forward_from_features(*maps), None
+        return {"logit": model.forward_from_features(*maps)}, None
 
 
 @torch.no_grad()
@@ -303,8 +327,8 @@ def feed_logits(model: FaceClassifier, feed: CropFeed | MapFeed, *, batch_size: 
                 ) -> np.ndarray:
     """The model's logit for every item of a feed, in eval mode and without augmentation."""
     model.eval()
-    out = [feed.logits(model, torch.arange(start, min(start + batch_size, len(feed))))[0].float()
-           for start in range(0, len(feed), batch_size)]
+    out = [feed.outputs(model, torch.arange(start, min(start + batch_size, len(feed))))[0]
+           ["logit"].float() for start in range(0, len(feed), batch_size)]
     return torch.cat(out).cpu().numpy() if out else np.zeros(0, dtype=np.float32)
 
 
@@ -375,9 +399,11 @@ def parameter_groups(model: torch.nn.Module, config: FitConfig) -> list[dict]:
 def fit(model: FaceClassifier, *, train: CropFeed | MapFeed | ViewFeed,
         train_targets: dict[str, np.ndarray],
         val: CropFeed | MapFeed, val_labels: np.ndarray, out_dir: str | Path, config: FitConfig,
-        loss_fn: LossFn = hard_loss, frozen: list[torch.nn.Module] = (),
+        loss_fn: LossFn | TrainableLoss = hard_loss, frozen: list[torch.nn.Module] = (),
         log: Callable[[str], None] = print, progress: bool = True) -> TrainState:
-    """Train `model` in place; keep `out_dir/best` (highest val AUC) and a resumable checkpoint."""
+    """Train `model` in place; keep `out_dir/best` (highest val AUC) and a resumable checkpoint.
+    A `TrainableLoss` trains with the model (its parameters in the same groups) and gets the
+    model's pre-logit features."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if config.threads:
@@ -385,13 +411,17 @@ def fit(model: FaceClassifier, *, train: CropFeed | MapFeed | ViewFeed,
     generator = seed_everything(config.seed)
     device = resolve_device(config.device)
     model.to(device, memory_format=torch.channels_last)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(parameter_groups(model, config), lr=config.lr)
+    trainable_loss = isinstance(loss_fn, TrainableLoss)
+    trained = torch.nn.ModuleList([model, loss_fn.to(device)]) if trainable_loss else model
+    params = [p for p in trained.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(parameter_groups(trained, config), lr=config.lr)
     state = TrainState()
     checkpoint = out / "checkpoint.pt"
     if checkpoint.is_file():  # resume: our own file, still loaded without unpickling code
         saved = torch.load(checkpoint, map_location=device, weights_only=True)
         model.load_state_dict(saved["model"])
+        if trainable_loss:
+            loss_fn.load_state_dict(saved["loss"])
         optimizer.load_state_dict(saved["optimizer"])
         generator.set_state(saved["generator"].cpu())
         state = TrainState(**json.loads(saved["state"]))
@@ -419,8 +449,8 @@ def fit(model: FaceClassifier, *, train: CropFeed | MapFeed | ViewFeed,
             save_model(model, out / "best")
         with atomic_path(checkpoint) as tmp:
             torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                        "generator": generator.get_state(),
-                        "state": json.dumps(asdict(state))}, tmp)
+                        "generator": generator.get_state(), "state": json.dumps(asdict(state)),
+                        **({"loss": loss_fn.state_dict()} if trainable_loss else {})}, tmp)
 
     bar = None
     if progress:
@@ -434,7 +464,7 @@ def fit(model: FaceClassifier, *, train: CropFeed | MapFeed | ViewFeed,
             if progress_fraction() >= 1.0:
                 break
             started = time.perf_counter()
-            model.train()
+            trained.train()
             for module in frozen:
                 module.eval()
             index_sorted = index.sort().values  # sequential reads from the memory map
@@ -445,11 +475,12 @@ def fit(model: FaceClassifier, *, train: CropFeed | MapFeed | ViewFeed,
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bf16):
                 size = config.low_res if config.low_res and \
                     progress_fraction() < config.low_res_fraction else None
-                logits, view = train.logits(model, index_sorted, generator, size)
+                outputs, view = train.outputs(model, index_sorted, generator, size,
+                                              pre_logits=trainable_loss)
             rows = index_sorted.to(device)
             batch_targets = {k: v[rows] if v.ndim == 1 else v[rows, view.to(device)]
                              for k, v in targets.items()}  # [N, views]: the drawn view's
-            losses = loss_fn(logits.float(), batch_targets)
+            losses = loss_fn({k: v.float() for k, v in outputs.items()}, batch_targets)
             weight = batch_targets.get("weight")  # e.g. class balance
             loss = losses.mean() if weight is None else (losses * weight).sum() / weight.sum()
             optimizer.zero_grad(set_to_none=True)
