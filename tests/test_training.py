@@ -304,6 +304,14 @@ def test_feature_distillation_adds_the_projected_feature_error_to_the_kd_loss():
     expected = ((loss.projection(student) - standardised) ** 2).mean(-1)
     kd = kd_loss_fn(outputs, targets, alpha=0.5, temperature=2.0)
     assert torch.allclose(loss(outputs, targets), kd + 0.3 * expected)
+    # for a student: its feature width, and the teacher's features' own mean and spread
+    features = np.random.default_rng(0).normal([1, 2, 3], [4, 5, 6], (500, 2, 3))
+    made = FeatureDistillation.for_student(StudentCNN(**TINY_STUDENT), features, weight=1.0,
+                                           alpha=0.5, temperature=2.0)
+    assert made.projection.in_features == 8 and made.projection.out_features == 3
+    flat = features.reshape(-1, 3)
+    assert np.allclose(made.teacher_mean, flat.mean(0), atol=1e-5)
+    assert np.allclose(made.teacher_std, flat.std(0), rtol=1e-4)
     # a projection that reproduces the teacher leaves the KD loss alone
     with torch.no_grad():
         loss.projection.weight.zero_()

@@ -224,15 +224,9 @@ def run_distill(args: argparse.Namespace) -> int:
         if args.feature_weight > 0:
             features = cached_view_features(args.teacher, run_teacher(PreLogits(eager_teacher)),
                                             views, Path(args.cache_dir), log=log)
-            flat = features.reshape(-1, features.shape[-1])
-            mean = flat.mean(0, dtype=np.float64)
-            std = np.sqrt(np.maximum((flat.astype(np.float32) ** 2).mean(0) - mean**2, 0))
-            student_dim = student.eval().pre_logits(student.preprocess(
-                np.zeros((1, size, size, 3), np.uint8))).shape[-1]
-            loss_fn = FeatureDistillation(
-                student_dim=student_dim, teacher_mean=mean.astype(np.float32),
-                teacher_std=std.astype(np.float32), weight=args.feature_weight,
-                alpha=args.alpha, temperature=args.temperature)
+            loss_fn = FeatureDistillation.for_student(
+                student, features, weight=args.feature_weight, alpha=args.alpha,
+                temperature=args.temperature)
             targets["teacher_features"] = features
     else:  # the ablation: the same student and recipe without the teacher
         loss_fn = hard_loss

@@ -67,6 +67,21 @@ class FeatureDistillation(TrainableLoss):
                              .clamp_min(1e-6))
         self.weight, self.alpha, self.temperature = weight, alpha, temperature
 
+    @classmethod
+    def for_student(cls, student: FaceClassifier, teacher_features: np.ndarray, *,
+                    weight: float, alpha: float, temperature: float) -> FeatureDistillation:
+        """The loss for `student`, standardising the teacher's features [..., D] by their own
+        mean and spread."""
+        flat = teacher_features.reshape(-1, teacher_features.shape[-1])
+        mean = flat.mean(0, dtype=np.float64)
+        std = np.sqrt(np.maximum(np.square(flat, dtype=np.float64).mean(0) - mean**2, 0))
+        size = student.input_size
+        with torch.no_grad():
+            student_dim = student.eval().pre_logits(torch.zeros(1, 3, size, size)).shape[-1]
+        return cls(student_dim=student_dim, teacher_mean=mean.astype(np.float32),
+                   teacher_std=std.astype(np.float32), weight=weight, alpha=alpha,
+                   temperature=temperature)
+
     def feature_loss(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
         assert student.ndim == teacher.ndim == 2 and len(student) == len(teacher), \
             (student.shape, teacher.shape)
