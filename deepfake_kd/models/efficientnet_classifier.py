@@ -6,14 +6,13 @@ for the same training time, its size buys nothing.
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
-from .base import IMAGENET_MEAN, IMAGENET_STD, FaceClassifier, hub_mixin_kwargs
-from .trunk import EfficientNetTrunk
+from .base import IMAGENET_MEAN, IMAGENET_STD, hub_mixin_kwargs
+from .trunk import EfficientNetTrunk, TrunkClassifier
 
 
-class EfficientNetClassifier(FaceClassifier, **hub_mixin_kwargs("efficientnet-classifier")):
+class EfficientNetClassifier(TrunkClassifier, **hub_mixin_kwargs("efficientnet-classifier")):
     derived_keys = ("features",)
 
     def __init__(
@@ -32,25 +31,6 @@ class EfficientNetClassifier(FaceClassifier, **hub_mixin_kwargs("efficientnet-cl
         nn.init.zeros_(self.head[-1].weight)  # start at p=0.5: a random head starts at loss ~2.5
         nn.init.zeros_(self.head[-1].bias)
 
-    def trunks(self) -> tuple[EfficientNetTrunk, ...]:
-        """The backbones whose maps `forward_from_features` takes, in its argument order."""
-        return (self.trunk,)
-
     def derived_config(self) -> dict:
         """The head's input width older configs stored as `features`; it comes from the trunk."""
         return {"features": self.trunk.out_channels}
-
-    def forward_from_features(self, fmap: torch.Tensor) -> torch.Tensor:
-        return self.head(fmap).squeeze(-1)
-
-    def pre_logits(self, x: torch.Tensor) -> torch.Tensor:
-        """The pooled last map [N, C], before dropout and the linear logit."""
-        self.check_input(x)
-        return self.head[:-2](self.trunk(x))
-
-    def classify(self, features: torch.Tensor) -> torch.Tensor:
-        return self.head[-2:](features).squeeze(-1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.check_input(x)
-        return self.forward_from_features(self.trunk(x))

@@ -8,14 +8,13 @@ the last map before global average pooling and one linear logit.
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
-from .base import IMAGENET_MEAN, IMAGENET_STD, FaceClassifier, hub_mixin_kwargs
-from .trunk import EfficientNetTrunk
+from .base import IMAGENET_MEAN, IMAGENET_STD, hub_mixin_kwargs
+from .trunk import EfficientNetTrunk, TrunkClassifier
 
 
-class TinyEfficientNet(FaceClassifier, **hub_mixin_kwargs("tiny-efficientnet")):
+class TinyEfficientNet(TrunkClassifier, **hub_mixin_kwargs("tiny-efficientnet")):
     def __init__(
         self,
         *,
@@ -36,23 +35,3 @@ class TinyEfficientNet(FaceClassifier, **hub_mixin_kwargs("tiny-efficientnet")):
             nn.Linear(head_channels, 1))
         nn.init.zeros_(self.head[-1].weight)  # start at p=0.5 rather than a random guess
         nn.init.zeros_(self.head[-1].bias)
-
-    def trunks(self) -> tuple[EfficientNetTrunk, ...]:
-        """The backbone whose map `forward_from_features` takes (what training can cache while
-        the trunk is frozen, and what a heatmap explains)."""
-        return (self.trunk,)
-
-    def forward_from_features(self, fmap: torch.Tensor) -> torch.Tensor:
-        return self.head(fmap).squeeze(-1)
-
-    def pre_logits(self, x: torch.Tensor) -> torch.Tensor:
-        """The pooled, widened map [N, head_channels], before dropout and the linear logit."""
-        self.check_input(x)
-        return self.head[:-2](self.trunk(x))
-
-    def classify(self, features: torch.Tensor) -> torch.Tensor:
-        return self.head[-2:](features).squeeze(-1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.check_input(x)
-        return self.forward_from_features(self.trunk(x))
