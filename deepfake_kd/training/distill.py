@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from ..models import FaceClassifier
 from ..util import atomic_path, crops_digest
-from .train import CropFeed, TrainableLoss, ViewFeed, feed_logits
+from .train import CropFeed, TrainableLoss, ViewFeed, feed_forward
 
 
 def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
@@ -108,7 +108,7 @@ def cached_view_logits(teacher_ref: str, teacher: FaceClassifier, views: ViewFee
 
     def score(images: np.ndarray) -> np.ndarray:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            return feed_logits(teacher, CropFeed(images))
+            return feed_forward(teacher, CropFeed(images))
 
     out = np.empty((len(views), views.total), dtype=np.float32)
     return fill_per_view(views, folder, out, score, what="teacher logits", chunk=chunk, log=log)
@@ -124,12 +124,8 @@ def cached_view_features(teacher_ref: str, teacher: FaceClassifier, views: ViewF
     key = teacher_views_key(teacher_ref, teacher, views, False)
     folder = Path(cache_dir) / f"teacher-features-{key}"
 
-    @torch.no_grad()
     def score(images: np.ndarray) -> np.ndarray:
-        teacher.eval()
-        return np.concatenate([teacher(teacher.preprocess(images[s:s + batch_size]))
-                               .float().numpy().astype(np.float16)
-                               for s in range(0, len(images), batch_size)])
+        return feed_forward(teacher, CropFeed(images), batch_size=batch_size).astype(np.float16)
 
     dim = score(np.zeros((1, teacher.input_size, teacher.input_size, 3), np.uint8)).shape[-1]
     out = np.empty((len(views), views.total, dim), dtype=np.float16)

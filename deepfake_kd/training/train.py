@@ -323,9 +323,10 @@ class MapFeed:
 
 
 @torch.no_grad()
-def feed_logits(model: FaceClassifier, feed: CropFeed | MapFeed, *, batch_size: int = 64
-                ) -> np.ndarray:
-    """The model's logit for every item of a feed, in eval mode and without augmentation."""
+def feed_forward(model: FaceClassifier, feed: CropFeed | MapFeed, *, batch_size: int = 64
+                 ) -> np.ndarray:
+    """The model's forward output for every item of a feed (its logit [N]; `PreLogits`' features
+    [N, D]), float32, in eval mode and without augmentation."""
     model.eval()
     out = [feed.outputs(model, torch.arange(start, min(start + batch_size, len(feed))))[0]
            ["logit"].float() for start in range(0, len(feed), batch_size)]
@@ -438,7 +439,7 @@ def fit(model: FaceClassifier, *, train: CropFeed | MapFeed | ViewFeed,
         return state.step / total_steps
 
     def evaluate_and_checkpoint() -> None:
-        probs = 1 / (1 + np.exp(-feed_logits(model, val)))
+        probs = 1 / (1 + np.exp(-feed_forward(model, val)))
         metrics = binary_metrics(val_labels, probs)
         record = {"step": state.step, "minutes": round(state.seconds / 60, 2),
                   "images": state.images, **{k: round(v, 4) for k, v in metrics.items()}}
