@@ -254,7 +254,9 @@ def format_report(report: dict) -> str:
             f"{report['empty_folders_left']} empty folders)",
             *[f"  LEFT {name}" for name in (running or []) + report["files_left"]],
             f"server: {report['server_tracebacks']} unexpected tracebacks in its log; a path "
-            f"outside the upload folder refused: {report['path_outside_refused']}"]
+            f"outside the upload folder refused: {report['path_outside_refused']}; exit code "
+            f"{report['server_exit']} (a negative code: killed by that signal, so Gradio's "
+            f"clean-up on SIGINT never ran)"]
     overflow = report.get("overflow")
     if overflow:
         lines.append(
