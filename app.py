@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import signal
 
 import gradio as gr
 
@@ -148,8 +149,17 @@ def bound_heap() -> None:
     libc.mallopt(-8, 2)  # M_ARENA_MAX
 
 
+def stop_on_sigint() -> None:
+    """SIGINT raises KeyboardInterrupt again, so Gradio deletes its uploads and results on the
+    way out. Why: a shell that starts the app in the background (`python app.py &`, nohup, CI
+    scripts) hands it SIGINT ignored, and Python then keeps ignoring it; `kill -INT` (how the
+    load test stops a server) did nothing, the server had to be killed and its files stayed."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def main() -> None:
     bound_heap()  # before any request thread exists
+    stop_on_sigint()
     try:
         limits = AppLimits.from_env()  # README "Using the app": the variables that tune them
         app_models = load_app_models()

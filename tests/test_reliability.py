@@ -11,6 +11,7 @@ import json
 import os
 import pickle
 import shutil
+import signal
 from dataclasses import replace
 from pathlib import Path
 
@@ -42,15 +43,22 @@ HOSTILE = ["$(touch pwned).mp4", "; rm -rf x.mp4", "`touch pwned`.mp4",
 def test_reduced_load_test(model_dirs, tmp_path):
     """`loadtest` with the tiny models: 8 requests from 2 clients (a clip, a non-video, hostile
     names as raw HTTP and through gradio_client, an over-size upload, a path not uploaded, a
-    link, a clip that breaks half-way), then more requests at once than a queue of 2 holds."""
+    link, a clip that breaks half-way), then more requests at once than a queue of 2 holds.
+    Run with SIGINT ignored, as a shell's background job (CI) inherits it: the servers inherit
+    it too, and must still stop on SIGINT and clean up (`app.stop_on_sigint`)."""
     config = loadtest.Config(
         requests=8, concurrency=2, frames=6, teacher=str(model_dirs["teacher"]),
         student=str(model_dirs["student"]), upload_limit_mb=2, cache_ttl_s=120,
         wait_for_ttl=False, overflow_queue=2, overflow_requests=5, timeout_s=90,
         start_timeout_s=120, large=False)
-    report = loadtest.run(config, work=tmp_path / "load", log=lambda text: None)
+    handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        report = loadtest.run(config, work=tmp_path / "load", log=lambda text: None)
+    finally:
+        signal.signal(signal.SIGINT, handler)
     text = loadtest.format_report(report)
     assert report["passed"], text
+    assert report["server_exit"] is not None and report["server_exit"] >= 0, text  # not killed
     assert report["requests"] == 8 and report["failures"] == []
     assert report["results"] == 4 and report["clear_errors"] == 4  # landscape, 2 names, damaged
     assert report["rss_peak_mb"] <= report["rss_bound_mb"]
