@@ -47,6 +47,7 @@ class FaceClassifier(nn.Module, PyTorchModelHubMixin):
     """Base of every detector: a binary real/fake classifier of face crops."""
 
     runtime = "eager"  # what runs forward; `pipeline.runtime.AcceleratedModel` says otherwise
+    tta = "none"  # test-time augmentation; `pipeline.tta.FlipAveraged` says otherwise
     derived_keys: tuple[str, ...] = ()  # config keys of older releases, now `derived_config`
 
     def __init__(self, *, input_size: int, mean, std):

@@ -6,7 +6,9 @@ not a crash: they are reported (`texts.banner_markdown`) and every request is an
 same explanation. DEEPFAKE_KD_UNTRAINED=1 stands random-weight models in for missing ones,
 labelled loudly everywhere. Each model then runs behind the runtime DEEPFAKE_KD_RUNTIME names
 (default: `SERVING_RUNTIME`); a model whose runtime cannot be built (say, ONNX Runtime not
-installed) runs eager, and the banner says why.
+installed) runs eager, and the banner says why. Both models answer with the test-time
+augmentation DEEPFAKE_KD_TTA names (default: `SERVING_TTA`), the same for both, so the page's
+times compare like with like.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from dataclasses import dataclass, field
 from ..errors import DeepfakeKDError, ModelNotFoundError
 from ..models import FaceClassifier, load_model
 from ..pipeline.runtime import RUNTIMES, accelerate
+from ..pipeline.tta import TTAS, with_tta
 from ..roles import (
     ENV_PREFIX,
     ENV_UNTRAINED,
@@ -35,6 +38,8 @@ ENV_RUNTIME = f"{ENV_PREFIX}RUNTIME"
 # DFDC clip, peak memory 1839-1846 instead of 2177 MiB, for 0.06 s more of the teacher (total
 # 1.52-1.62 against 1.49 s; README "Performance"). The CLI keeps the quicker `DEFAULT_RUNTIME`.
 SERVING_RUNTIME = "onnx-shared"
+ENV_TTA = f"{ENV_PREFIX}TTA"
+SERVING_TTA = "none"
 
 
 @dataclass
@@ -52,17 +57,21 @@ class AppModels:
         return all(role in self.models for role in ROLES)
 
 
-def load_app_models(*, untrained: bool | None = None, runtime: str | None = None
-                    ) -> AppModels:
+def load_app_models(*, untrained: bool | None = None, runtime: str | None = None,
+                    tta: str | None = None) -> AppModels:
     """Each role from its environment variable or the bundled weights, behind `runtime`
     (default: DEEPFAKE_KD_RUNTIME, else `SERVING_RUNTIME`); never raises for weights that are
-    missing or broken, nor for a runtime that cannot run them. `untrained` (default:
+    missing or broken, nor for a runtime that cannot run them; every model with the test-time
+    augmentation `tta` (default: DEEPFAKE_KD_TTA, else `SERVING_TTA`). `untrained` (default:
     DEEPFAKE_KD_UNTRAINED) builds random weights for the roles that failed."""
     untrained = env_flag(ENV_UNTRAINED) if untrained is None else untrained
     runtime = runtime or os.environ.get(ENV_RUNTIME) or SERVING_RUNTIME
     if runtime not in RUNTIMES or runtime == "onnx-int8":  # int8 needs calibration crops
         raise DeepfakeKDError(f"{ENV_RUNTIME}={runtime}: choose one of "
                               f"{', '.join(r for r in RUNTIMES if r != 'onnx-int8')}")
+    tta = tta or os.environ.get(ENV_TTA) or SERVING_TTA
+    if tta not in TTAS:
+        raise DeepfakeKDError(f"{ENV_TTA}={tta}: choose one of {', '.join(TTAS)}")
     loaded = AppModels(models={}, sources={})
     for role in ROLES:
         reference = default_reference(role)
@@ -77,12 +86,12 @@ def load_app_models(*, untrained: bool | None = None, runtime: str | None = None
             loaded.sources[role] = UNTRAINED
             loaded.untrained.append(role)
         try:
-            loaded.models[role] = accelerate(model, runtime)
+            loaded.models[role] = with_tta(accelerate(model, runtime), tta)
         except Exception as exc:  # the app still serves, only slower
             detail = str(exc) if isinstance(exc, DeepfakeKDError) \
                 else f"{type(exc).__name__}: {exc}"
             loaded.fallbacks[role] = f"runs eager PyTorch, not {runtime}: {detail}"
-            loaded.models[role] = model
+            loaded.models[role] = with_tta(model, tta)
     return loaded
 
 

@@ -11,6 +11,7 @@ import numpy as np
 
 from ..pipeline.analysis import FAKE, NO_FACE, REAL, AnalysisResult, ModelResult
 from ..pipeline.runtime import RUNTIME_LABELS
+from ..pipeline.tta import TTA_LABELS
 from ..roles import ENV_UNTRAINED, ROLES, STUDENT, TEACHER, UNTRAINED, short_path
 from .loading import AppModels
 from .plots import face_label
@@ -107,7 +108,8 @@ def panel_markdown(role: str, app_models: AppModels, result: AnalysisResult | No
     count = model.num_parameters()
     rows += [f"**Parameters:** {count:,}" + (f" ({millions(count)})" if count >= 1e5 else ""),
              f"**Weights:** {describe_source(app_models.sources[role])}",
-             f"**Runs on:** {RUNTIME_LABELS[model.runtime]}"]
+             f"**Runs on:** {RUNTIME_LABELS[model.runtime]}"
+             + (f", {TTA_LABELS[model.tta]}" if model.tta != "none" else "")]
     return "\n\n".join(lines) + "\n\n" + "\n".join(f"- {row}" for row in rows)
 
 

@@ -1,5 +1,6 @@
 """`python -m deepfake_kd analyze`: score a clip with the teacher and the student and print
-each model's verdict (text or JSON); and the `--runtime` arguments that analyze and bench share.
+each model's verdict (text or JSON); and the `--runtime` / `--tta` arguments that analyze and
+bench share.
 The analysis itself is `pipeline.analysis`."""
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from ..models import FaceClassifier
 from ..pipeline.analysis import AnalysisResult, FaceScore, analyze_video
 from ..pipeline.faces import FaceDetector
 from ..pipeline.runtime import CALIBRATION_CROPS, DEFAULT_RUNTIME, RUNTIMES, accelerate
+from ..pipeline.tta import TTAS, with_tta
 from ..pipeline.video import quiet_ffmpeg
 from ..roles import DEFAULT_THRESHOLD, add_model_arguments, load_cli_models
 from ..training.data import load_crops, read_samples
@@ -49,12 +51,16 @@ def add_runtime_argument(parser) -> None:
     parser.add_argument("--calibration", metavar="MANIFEST",
                         help="face crops for onnx-int8: a few hundred from this manifest's "
                              "train split")
+    parser.add_argument("--tta", choices=TTAS, default="none",
+                        help="test-time augmentation of every model: none (the default), or "
+                             "flip (each face's logit averaged with its mirror image's; twice "
+                             "the time per face)")
 
 
 def run_cli(args: argparse.Namespace) -> int:
     quiet_ffmpeg()
     models, sources = load_cli_models(args)
-    models, sources = apply_runtimes(models, sources, args.runtime, args.calibration)
+    models, sources = apply_runtimes(models, sources, args.runtime, args.calibration, args.tta)
     result = analyze_video(args.clip, models, num_frames=args.frames, threshold=args.threshold,
                            detector=FaceDetector(), sources=sources)
     data = write_explanation(result, models, args.explain, count=args.explain_faces) \
@@ -68,15 +74,19 @@ def run_cli(args: argparse.Namespace) -> int:
 
 
 def apply_runtimes(models: dict[str, FaceClassifier], sources: dict[str, str],
-                   runtimes: list[str] | None, calibration: str | None = None
-                   ) -> tuple[dict[str, FaceClassifier], dict[str, str]]:
-    """Each model behind the runtime `--runtime` names for it; its source says which."""
+                   runtimes: list[str] | None, calibration: str | None = None,
+                   tta: str = "none") -> tuple[dict[str, FaceClassifier], dict[str, str]]:
+    """Each model behind the runtime `--runtime` names for it and the test-time augmentation
+    `--tta` names; its source says which."""
     chosen = parse_runtimes(runtimes, models)
     crops = calibration_crops(calibration) if calibration and "onnx-int8" in chosen.values() \
         else None
-    return ({name: accelerate(model, chosen[name], calibration=crops)
+    labels = {name: [runtime] if runtime != DEFAULT_RUNTIME else []
+              for name, runtime in chosen.items()}
+    return ({name: with_tta(accelerate(model, chosen[name], calibration=crops), tta)
              for name, model in models.items()},
-            {name: source if chosen[name] == DEFAULT_RUNTIME else f"{source} [{chosen[name]}]"
+            {name: source + (f" [{', '.join(labels[name] + [f'tta {tta}'])}]"
+                             if labels[name] or tta != "none" else "")
              for name, source in sources.items()})
 
 

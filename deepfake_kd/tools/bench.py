@@ -46,6 +46,7 @@ from ..pipeline.analysis import OVERLAP_DECODING, analysis_steps, analyze_video
 from ..pipeline.explain import GRADCAM_BATCH, explain_crops
 from ..pipeline.faces import CROP_SIZE, FaceDetector
 from ..pipeline.runtime import DEFAULT_RUNTIME, accelerate
+from ..pipeline.tta import TTA_PASSES, with_tta
 from ..pipeline.video import quiet_ffmpeg
 from ..roles import add_model_arguments, load_cli_models
 from ..serving.examples import FACE_CENTRE as PHOTO_FACE_CENTRE
@@ -62,12 +63,14 @@ DEFAULT_BATCH_SIZES = (1, 32)
 # --- per-face latency -------------------------------------------------------------------------
 
 def flops_per_face(model: FaceClassifier) -> int:
-    """FLOPs of one forward pass on one face (torch's counter: matmul, conv, attention)."""
+    """FLOPs of one face's answer (torch's counter: matmul, conv, attention): one forward pass
+    per test-time view."""
+    passes = TTA_PASSES[model.tta]
     model = model.unwrap()  # an accelerated model: count its torch model
     x = torch.zeros(1, 3, model.input_size, model.input_size)
     with torch.inference_mode(), FlopCounterMode(display=False) as counter:
         model(x)
-    return int(counter.get_total_flops())
+    return passes * int(counter.get_total_flops())
 
 
 def summary(seconds: list[float]) -> dict[str, float]:
@@ -323,7 +326,7 @@ def run_bench(models: Mapping[str, FaceClassifier], *, sources: Mapping[str, str
     report["models"] = {
         name: {"source": (sources or {}).get(name, "in memory"),
                "architecture": type(model.unwrap()).__name__,
-               "runtime": model.runtime, "input_size": model.input_size,
+               "runtime": model.runtime, "tta": model.tta, "input_size": model.input_size,
                "parameters": params[name], "flops_per_face": flops[name],
                "candidate": name not in served}
         for name, model in models.items()}
@@ -385,7 +388,9 @@ def format_report(report: dict) -> str:
             cells.append(f"{lat['per_face_ms']:>12.3f} ({lat['p10_ms'] / batch:.3f}-"
                          f"{lat['p90_ms'] / batch:.3f})".rjust(30)
                          + f" {lat['gflops_per_s']:>7.1f}")
-        label = name if info["runtime"] == DEFAULT_RUNTIME else f"{name} [{info['runtime']}]"
+        tags = ([info["runtime"]] if info["runtime"] != DEFAULT_RUNTIME else []) \
+            + ([f"tta {info['tta']}"] if info.get("tta", "none") != "none" else [])
+        label = f"{name} [{', '.join(tags)}]" if tags else name
         lines.append(f"{label:<20} {info['parameters']:>11,} "
                      f"{info['flops_per_face'] / 1e9:>10.3f}  " + "  ".join(cells))
     comp = report["comparison"]
@@ -446,7 +451,9 @@ def format_markdown(report: dict) -> str:
     def row(label, cells):
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
 
-    row("runtime", [models[n]["runtime"] for n in names])
+    row("runtime", [models[n]["runtime"] + (f", tta {models[n]['tta']}"
+                                             if models[n].get("tta", "none") != "none" else "")
+                    for n in names])
     row("parameters", [f"{models[n]['parameters']:,}" for n in names])
     row("GFLOP per face", [f"{models[n]['flops_per_face'] / 1e9:.3f}" for n in names])
     for batch, per_model in report["latency"].items():
@@ -547,15 +554,15 @@ def run_cli(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     eager, sources = load_cli_models(args)
-    models, sources = apply_runtimes(eager, sources, args.runtime, args.calibration)
+    models, sources = apply_runtimes(eager, sources, args.runtime, args.calibration, args.tta)
     candidates = {}
     for value in args.candidate or []:
         name, _, reference = value.partition("=")
         if not name or not reference or name in models:
             raise DeepfakeKDError(f"--candidate {value}: give NAME=REF, with a NAME other than "
                                   f"{', '.join(models)}")
-        candidates[name] = accelerate(load_model(reference), parse_runtimes(args.runtime,
-                                                                            ["student"])["student"])
+        runtime = parse_runtimes(args.runtime, ["student"])["student"]
+        candidates[name] = with_tta(accelerate(load_model(reference), runtime), args.tta)
         sources[name] = reference
     report = run_bench(models, sources=sources, batch_sizes=args.batch_sizes,
                        repeats=args.repeats, warmup=max(args.warmup, 0), clip=args.clip,

@@ -13,6 +13,7 @@ import torch
 
 from ..models import load_model
 from ..pipeline.runtime import RUNTIMES, accelerate
+from ..pipeline.tta import TTAS, with_tta
 from ..roles import DEFAULT_THRESHOLD, ROLES, add_reference_arguments, cli_reference
 from ..training.data import DEGRADATIONS, load_split
 from ..training.evaluate import (
@@ -31,18 +32,22 @@ BASELINE = "baseline"  # the name of `--baseline` in the report
 def run_evaluate(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
-    models = {role: accelerate(load_model(cli_reference(args, role)), args.runtime)
+    def prepare(reference: str, tta: str):
+        return with_tta(accelerate(load_model(reference), args.runtime), tta)
+
+    models = {role: prepare(cli_reference(args, role), args.tta)
               for role in ROLES if role in args.roles}
     report: dict = {"references": {role: cli_reference(args, role) for role in models},
-                    "runtime": args.runtime}
+                    "runtime": args.runtime, "tta": args.tta}
     if args.manifest:
         crops, labels = load_split(args.manifest, args.split, cache_dir=args.cache_dir,
                                    limit=args.limit)
         scored = dict(models)
         pairs = [(BASELINE, role) for role in models] if args.baseline else []
         if args.baseline:
-            scored[BASELINE] = accelerate(load_model(args.baseline), args.runtime)
+            scored[BASELINE] = prepare(args.baseline, args.baseline_tta or args.tta)
             report["references"][BASELINE] = args.baseline
+            report["baseline_tta"] = args.baseline_tta or args.tta
         if len(models) == 2:
             pairs.append(("teacher", "student"))
         conditions = ("clean",) if args.no_robustness else ("clean", *DEGRADATIONS)
@@ -105,5 +110,13 @@ def add_cli(subparsers) -> None:
                         choices=[r for r in RUNTIMES if r != "onnx-int8"],
                         help="what runs the models: eager PyTorch (the default), or onnx (the "
                              "same probabilities to ~1e-5, the teacher 2-3x faster on a CPU)")
+    parser.add_argument("--tta", choices=TTAS, default="none",
+                        help="test-time augmentation of every model, the baseline included: "
+                             "none (the default), or flip (each crop's logit averaged with its "
+                             "mirror image's; twice the time)")
+    parser.add_argument("--baseline-tta", choices=TTAS, default=None,
+                        help="the baseline's test-time augmentation (default: --tta's), e.g. "
+                             "--tta flip --baseline-tta none with the same weights as "
+                             "--baseline: what flipping adds, with its interval")
     parser.add_argument("--json", help="also write the figures to this JSON file")
     parser.set_defaults(run=run_evaluate)

@@ -18,6 +18,7 @@ from ..errors import DeepfakeKDError
 from ..models import load_model, predict_crops
 from ..models.registry import architecture
 from ..pipeline.runtime import RUNTIMES, accelerate
+from ..pipeline.tta import TTAS, with_tta
 from ..roles import ROLES, TEACHER, short_path
 from ..training.backbone_cache import cached_trunk_maps
 from ..training.data import Augment, class_balance_weights, load_split
@@ -211,7 +212,8 @@ def run_distill(args: argparse.Namespace) -> int:
         eager_teacher = load_model(args.teacher).to(device)
 
         def run_teacher(model):  # on a CPU 2.5x eager (2 cores: 18.7 vs 46.6 ms a face, 224 px)
-            return accelerate(model, args.teacher_runtime) if device.type == "cpu" else model
+            model = accelerate(model, args.teacher_runtime) if device.type == "cpu" else model
+            return with_tta(model, args.teacher_tta)
 
         targets["teacher_logit"] = cached_view_logits(
             args.teacher, run_teacher(eager_teacher), views, Path(args.cache_dir),
@@ -258,6 +260,10 @@ def add_distill_cli(subparsers) -> None:
                         help="weight of the hard-label loss (1.0: no teacher, the ablation)")
     parser.add_argument("--teacher-runtime", choices=RUNTIMES, default="onnx",
                         help="how the teacher scores the views on a CPU (on a GPU: eager)")
+    parser.add_argument("--teacher-tta", choices=TTAS, default="none",
+                        help="test-time augmentation of the teacher's targets: flip averages "
+                             "its logit (and features) on each view and the view's mirror image "
+                             "(twice the scoring time, cached apart)")
     parser.add_argument("--temperature", type=float, default=2.0,
                         help="softening of both logits (default 2; the sweep behind it is in "
                              "weights/student/README.md)")

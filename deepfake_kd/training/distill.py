@@ -148,13 +148,14 @@ class PreLogits(FaceClassifier):
 def teacher_views_key(teacher_ref: str, teacher: FaceClassifier, views: ViewFeed,
                       bf16: bool) -> str:
     """What fixes the teacher's outputs on the views: its weights (files' names, sizes and
-    times), runtime and precision, and the views' pixels."""
+    times), runtime, test-time augmentation and precision, and the views' pixels."""
     digest = hashlib.sha1(str(teacher_ref).encode())
     folder = Path(teacher_ref)
     for path in sorted(folder.glob("*.safetensors")) if folder.is_dir() else []:
         digest.update(f"{path.name}:{path.stat().st_size}:{path.stat().st_mtime_ns}".encode())
-    runtime = getattr(teacher, "runtime", "eager")  # ONNX Runtime: logits within 4e-5 of eager
-    digest.update(f"{views_key(views)}|{bf16}|{runtime}".encode())
+    # ONNX Runtime: logits within 4e-5 of eager; no test-time augmentation: the key of before
+    tta = "" if teacher.tta == "none" else f"|{teacher.tta}"
+    digest.update(f"{views_key(views)}|{bf16}|{teacher.runtime}{tta}".encode())
     return digest.hexdigest()[:16]
 
 
