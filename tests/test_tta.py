@@ -47,10 +47,10 @@ def test_flip_is_the_mean_logit_of_the_crop_and_its_mirror(runtime, tiny_models,
             mirrored = tta(tta.preprocess(crops[:, :, ::-1].copy()))
             one = tta(tta.preprocess(crops[:1]))  # batch 1 runs as a batch of 2
             plain = model(x)
-        assert got.shape == (3,) and torch.allclose(got, want, atol=1e-5)
+        assert got.shape == (3,) and torch.allclose(got, want, rtol=1e-4, atol=1e-4)
         assert torch.allclose(mirrored, got, rtol=1e-4, atol=1e-4), (mirrored, got)
-        assert not torch.allclose(plain, want, atol=1e-4)  # the tiny models are not symmetric
-        assert torch.allclose(one, want[:1], atol=1e-5)
+        assert (plain - want).abs().max() > 1e-3  # the tiny models are not symmetric
+        assert torch.allclose(one, want[:1], rtol=1e-4, atol=1e-4)
 
 
 def test_with_tta_none_is_the_model_and_mistakes_are_one_line(tiny_models):
