@@ -7,8 +7,8 @@ same explanation. DEEPFAKE_KD_UNTRAINED=1 stands random-weight models in for mis
 labelled loudly everywhere. Each model then runs behind the runtime DEEPFAKE_KD_RUNTIME names
 (default: `SERVING_RUNTIME`); a model whose runtime cannot be built (say, ONNX Runtime not
 installed) runs eager, and the banner says why. Both models answer with the test-time
-augmentation DEEPFAKE_KD_TTA names (default: `SERVING_TTA`), the same for both, so the page's
-times compare like with like.
+augmentation DEEPFAKE_KD_TTA names (default: `pipeline.tta.DEFAULT_TTA`), the same for both,
+so the page's times compare like with like.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from ..errors import DeepfakeKDError, ModelNotFoundError
 from ..models import FaceClassifier, load_model
 from ..pipeline.runtime import RUNTIMES, accelerate
-from ..pipeline.tta import TTAS, with_tta
+from ..pipeline.tta import DEFAULT_TTA, TTAS, with_tta
 from ..roles import (
     ENV_PREFIX,
     ENV_UNTRAINED,
@@ -39,7 +39,6 @@ ENV_RUNTIME = f"{ENV_PREFIX}RUNTIME"
 # 1.52-1.62 against 1.49 s; README "Performance"). The CLI keeps the quicker `DEFAULT_RUNTIME`.
 SERVING_RUNTIME = "onnx-shared"
 ENV_TTA = f"{ENV_PREFIX}TTA"
-SERVING_TTA = "none"
 
 
 @dataclass
@@ -62,14 +61,14 @@ def load_app_models(*, untrained: bool | None = None, runtime: str | None = None
     """Each role from its environment variable or the bundled weights, behind `runtime`
     (default: DEEPFAKE_KD_RUNTIME, else `SERVING_RUNTIME`); never raises for weights that are
     missing or broken, nor for a runtime that cannot run them; every model with the test-time
-    augmentation `tta` (default: DEEPFAKE_KD_TTA, else `SERVING_TTA`). `untrained` (default:
+    augmentation `tta` (default: DEEPFAKE_KD_TTA, else `DEFAULT_TTA`). `untrained` (default:
     DEEPFAKE_KD_UNTRAINED) builds random weights for the roles that failed."""
     untrained = env_flag(ENV_UNTRAINED) if untrained is None else untrained
     runtime = runtime or os.environ.get(ENV_RUNTIME) or SERVING_RUNTIME
     if runtime not in RUNTIMES or runtime == "onnx-int8":  # int8 needs calibration crops
         raise DeepfakeKDError(f"{ENV_RUNTIME}={runtime}: choose one of "
                               f"{', '.join(r for r in RUNTIMES if r != 'onnx-int8')}")
-    tta = tta or os.environ.get(ENV_TTA) or SERVING_TTA
+    tta = tta or os.environ.get(ENV_TTA) or DEFAULT_TTA
     if tta not in TTAS:
         raise DeepfakeKDError(f"{ENV_TTA}={tta}: choose one of {', '.join(TTAS)}")
     loaded = AppModels(models={}, sources={})

@@ -14,7 +14,7 @@ from ..models import FaceClassifier
 from ..pipeline.analysis import AnalysisResult, FaceScore, analyze_video
 from ..pipeline.faces import FaceDetector
 from ..pipeline.runtime import CALIBRATION_CROPS, DEFAULT_RUNTIME, RUNTIMES, accelerate
-from ..pipeline.tta import TTAS, with_tta
+from ..pipeline.tta import DEFAULT_TTA, TTAS, with_tta
 from ..pipeline.video import quiet_ffmpeg
 from ..roles import DEFAULT_THRESHOLD, add_model_arguments, load_cli_models
 from ..training.data import load_crops, read_samples
@@ -51,10 +51,10 @@ def add_runtime_argument(parser) -> None:
     parser.add_argument("--calibration", metavar="MANIFEST",
                         help="face crops for onnx-int8: a few hundred from this manifest's "
                              "train split")
-    parser.add_argument("--tta", choices=TTAS, default="none",
-                        help="test-time augmentation of every model: none (the default), or "
-                             "flip (each face's logit averaged with its mirror image's; twice "
-                             "the time per face)")
+    parser.add_argument("--tta", choices=TTAS, default=DEFAULT_TTA,
+                        help="test-time augmentation of every model: flip (the default: each "
+                             "face's logit averaged with its mirror image's, twice the time per "
+                             "face) or none")
 
 
 def run_cli(args: argparse.Namespace) -> int:
@@ -75,18 +75,17 @@ def run_cli(args: argparse.Namespace) -> int:
 
 def apply_runtimes(models: dict[str, FaceClassifier], sources: dict[str, str],
                    runtimes: list[str] | None, calibration: str | None = None,
-                   tta: str = "none") -> tuple[dict[str, FaceClassifier], dict[str, str]]:
+                   tta: str = DEFAULT_TTA) -> tuple[dict[str, FaceClassifier], dict[str, str]]:
     """Each model behind the runtime `--runtime` names for it and the test-time augmentation
     `--tta` names; its source says which."""
     chosen = parse_runtimes(runtimes, models)
     crops = calibration_crops(calibration) if calibration and "onnx-int8" in chosen.values() \
         else None
-    labels = {name: [runtime] if runtime != DEFAULT_RUNTIME else []
-              for name, runtime in chosen.items()}
+    tags = {name: ([runtime] if runtime != DEFAULT_RUNTIME else [])
+            + ([f"tta {tta}"] if tta != DEFAULT_TTA else []) for name, runtime in chosen.items()}
     return ({name: with_tta(accelerate(model, chosen[name], calibration=crops), tta)
              for name, model in models.items()},
-            {name: source + (f" [{', '.join(labels[name] + [f'tta {tta}'])}]"
-                             if labels[name] or tta != "none" else "")
+            {name: source + (f" [{', '.join(tags[name])}]" if tags[name] else "")
              for name, source in sources.items()})
 
 

@@ -46,7 +46,7 @@ from ..pipeline.analysis import OVERLAP_DECODING, analysis_steps, analyze_video
 from ..pipeline.explain import GRADCAM_BATCH, explain_crops
 from ..pipeline.faces import CROP_SIZE, FaceDetector
 from ..pipeline.runtime import DEFAULT_RUNTIME, accelerate
-from ..pipeline.tta import TTA_PASSES, with_tta
+from ..pipeline.tta import DEFAULT_TTA, TTA_PASSES, with_tta
 from ..pipeline.video import quiet_ffmpeg
 from ..roles import add_model_arguments, load_cli_models
 from ..serving.examples import FACE_CENTRE as PHOTO_FACE_CENTRE
@@ -389,7 +389,8 @@ def format_report(report: dict) -> str:
                          f"{lat['p90_ms'] / batch:.3f})".rjust(30)
                          + f" {lat['gflops_per_s']:>7.1f}")
         tags = ([info["runtime"]] if info["runtime"] != DEFAULT_RUNTIME else []) \
-            + ([f"tta {info['tta']}"] if info.get("tta", "none") != "none" else [])
+            + ([f"tta {info.get('tta', 'none')}"] if info.get("tta", "none") != DEFAULT_TTA
+               else [])
         label = f"{name} [{', '.join(tags)}]" if tags else name
         lines.append(f"{label:<20} {info['parameters']:>11,} "
                      f"{info['flops_per_face'] / 1e9:>10.3f}  " + "  ".join(cells))
@@ -453,7 +454,7 @@ def format_markdown(report: dict) -> str:
 
     row("runtime", [models[n]["runtime"] + (f", tta {models[n]['tta']}"
                                              if models[n].get("tta", "none") != "none" else "")
-                    for n in names])
+                    for n in names])  # a table is read without the defaults at hand
     row("parameters", [f"{models[n]['parameters']:,}" for n in names])
     row("GFLOP per face", [f"{models[n]['flops_per_face'] / 1e9:.3f}" for n in names])
     for batch, per_model in report["latency"].items():
