@@ -26,6 +26,7 @@ from deepfake_kd.pipeline.explain import (
     spearman,
 )
 from deepfake_kd.pipeline.runtime import accelerate
+from deepfake_kd.pipeline.tta import with_tta
 from tests.test_models import TINY_TEACHER
 
 CROP = 64  # the corner test's crops; the models see them at 32x32
@@ -160,6 +161,27 @@ def test_a_runtime_wrapper_is_explained_on_its_eager_model():
     crops = noise_crops(3, square=True, seed=5)
     wrapped = accelerate(model, "jit")
     assert np.allclose(explain_crops(wrapped, crops).heatmaps, explain_crops(model, crops).heatmaps)
+
+
+def test_a_flip_averaged_model_is_explained_as_it_answers(trained):
+    """With flip, a face and its mirror get mirrored heatmaps and the probability of the mean
+    logit; the corner detector's mirrored pass, mirrored back, still points at the square."""
+    _, model = trained
+    flip = with_tta(model, "flip")
+    crops = noise_crops(4, square=True, seed=7)
+    explained = explain_crops(flip, crops)
+    mirror = explain_crops(flip, np.ascontiguousarray(crops[:, :, ::-1]))
+    assert np.allclose(mirror.heatmaps, explained.heatmaps[:, :, ::-1], atol=1e-4)
+    with torch.no_grad():
+        assert np.allclose(explained.probs, flip.predict_proba(flip.preprocess(crops)).numpy(),
+                           atol=1e-5)
+    assert not np.allclose(explained.heatmaps, explain_crops(model, crops).heatmaps, atol=1e-3)
+    half = CROP // 2
+    for heatmap in explained.heatmaps:
+        assert heatmap[:half, :half].sum() > 0.5 * heatmap.sum()
+    teacher = with_tta(randomise_heads(CrossEfficientViT(**TINY_TEACHER)), "flip")
+    shares = explain_crops(teacher, noise_crops(2, square=False, seed=8)).shares
+    assert shares.shape == (2, 2) and np.allclose(shares.sum(axis=1), 1, atol=1e-5)
 
 
 def test_a_model_without_maps_is_refused_with_the_fix():

@@ -26,7 +26,10 @@ area-resized to 56x56 (the teacher's finest map; finer adds only interpolated va
 they rank the regions of the face alike, 0 when unrelated, None when either map is constant.
 
 The models are explained in eval mode on their eager torch model (`unwrap()`), one model's
-backward pass at a time, in batches of 8 faces. See README "Where the models look".
+backward pass at a time, in batches of 8 faces. A model that answers with its mirror image too
+(`pipeline.tta`, flip) is explained as it answers: the mirrored crop's Grad-CAMs, mirrored back,
+join the crop's own as more maps of the same face, combined by evidence like the teacher's two
+branches, and the probability is that of the mean logit. See README "Where the models look".
 """
 
 from __future__ import annotations
@@ -160,7 +163,9 @@ def combine(cams: list[torch.Tensor], size: int) -> tuple[torch.Tensor, torch.Te
 def explain_crops(model: FaceClassifier, crops: np.ndarray, *,
                   batch_size: int = GRADCAM_BATCH) -> Heatmaps:
     """Heatmaps of square uint8 RGB crops [N, S, S, 3], at their resolution S, from the eager
-    torch model in eval mode, `batch_size` crops per backward pass."""
+    torch model in eval mode, `batch_size` crops per backward pass; with flip averaging
+    (`model.tta`), of the crops and their mirrors together (module docstring)."""
+    mirrored = model.tta == "flip"
     model = model.unwrap().eval()
     if len(crops) == 0:
         raise DeepfakeKDError("no face crops to explain")
@@ -168,7 +173,13 @@ def explain_crops(model: FaceClassifier, crops: np.ndarray, *,
     for x in preprocessed_batches(model, crops, batch_size):
         tic = time.perf_counter()
         logits, cams, maps = grad_cams(model, x)
+        if mirrored:  # (the mean logit's gradient halves both passes' CAMs alike: no change)
+            mirror_logits, mirror_cams, _ = grad_cams(model, x.flip(-1))
+            logits = (logits + mirror_logits) / 2
+            cams = cams + [cam.flip(-1) for cam in mirror_cams]
         batch_heatmaps, batch_shares = combine(cams, crops.shape[1])
+        if mirrored:  # each map's share: its own plus its mirror's
+            batch_shares = batch_shares[:, :len(maps)] + batch_shares[:, len(maps):]
         seconds += time.perf_counter() - tic
         heatmaps.append(batch_heatmaps.numpy())
         probs.append(torch.sigmoid(logits.float()).numpy())
