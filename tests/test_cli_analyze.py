@@ -36,6 +36,7 @@ def test_json_end_to_end(face_clip, model_dirs):
         assert scores["source"] == str(model_dirs[role])
         assert scores["verdict"] in {"FAKE", "REAL"} and 0 <= scores["video_prob"] <= 1
         assert scores["num_parameters"] > 0 and scores["ms_per_face"] > 0
+        assert scores["tta"] == "flip"  # the default: each face and its mirror
     assert all(set(face["probs"]) == {"teacher", "student"} and "crop" not in face
                for face in result["faces"])
 

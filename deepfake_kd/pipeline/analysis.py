@@ -68,6 +68,7 @@ class ModelResult:
     name: str
     source: str  # the weights reference it was loaded from
     num_parameters: int
+    tta: str  # test-time augmentation of its answers: "flip" (face and mirror) or "none"
     inference_ms: float  # model calls only, after a warm-up call
     ms_per_face: float
     track_probs: dict[int, float]  # track id -> mean fake probability
@@ -283,6 +284,6 @@ def model_result(name: str, model: FaceClassifier, *, probs: list[float], track_
     video_prob = max((p for t, p in track_probs.items() if t in counted), default=None)
     verdict = NO_FACE if video_prob is None else FAKE if video_prob > threshold else REAL
     return ModelResult(
-        name=name, source=source, num_parameters=model.num_parameters(),
+        name=name, source=source, num_parameters=model.num_parameters(), tta=model.tta,
         inference_ms=1000 * seconds, ms_per_face=1000 * seconds / max(len(probs), 1),
         track_probs=track_probs, video_prob=video_prob, verdict=verdict)
