@@ -51,7 +51,8 @@ class AppLimits:
       the CLI takes, so one request stays well under a minute on a Space's free CPU. Measured
       on one CPU thread: the full teacher scores a face in about 65 ms, the student in about
       1 ms, and MTCNN takes about 0.1 s per 640x360 frame; by these figures 64 frames with one
-      face each need about 11 s, plus the decoding that sampling a long clip takes.
+      face each need about 11 s, about 15 s with flip averaging (the default: every face
+      scored twice), plus the decoding that sampling a long clip takes.
       The upload limit is also handed to Gradio (`max_file_size`), so an over-large file is
       refused while uploading instead of after.
     - `default_frames`: the frame slider's starting value (as the CLI's `--frames`).
