@@ -14,11 +14,11 @@ from ..models import FaceClassifier
 from ..pipeline.analysis import AnalysisResult, FaceScore, analyze_video
 from ..pipeline.faces import FaceDetector
 from ..pipeline.runtime import CALIBRATION_CROPS, DEFAULT_RUNTIME, RUNTIMES, accelerate
-from ..pipeline.tta import DEFAULT_TTA, TTAS, with_tta
+from ..pipeline.tta import DEFAULT_TTA, with_tta
 from ..pipeline.video import quiet_ffmpeg
 from ..roles import DEFAULT_THRESHOLD, add_model_arguments, load_cli_models
 from ..training.data import load_crops, read_samples
-from .arguments import probability
+from .arguments import add_tta_argument, probability
 from .heatmaps import add_explain_arguments, format_explanation, write_explanation
 
 
@@ -51,10 +51,7 @@ def add_runtime_argument(parser) -> None:
     parser.add_argument("--calibration", metavar="MANIFEST",
                         help="face crops for onnx-int8: a few hundred from this manifest's "
                              "train split")
-    parser.add_argument("--tta", choices=TTAS, default=DEFAULT_TTA,
-                        help="test-time augmentation of every model: flip (the default: each "
-                             "face's logit averaged with its mirror image's, twice the time per "
-                             "face) or none")
+    add_tta_argument(parser)
 
 
 def run_cli(args: argparse.Namespace) -> int:

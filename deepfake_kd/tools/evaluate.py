@@ -13,7 +13,7 @@ import torch
 
 from ..models import load_model
 from ..pipeline.runtime import RUNTIMES, accelerate
-from ..pipeline.tta import DEFAULT_TTA, TTAS, with_tta
+from ..pipeline.tta import TTAS, with_tta
 from ..roles import DEFAULT_THRESHOLD, ROLES, add_reference_arguments, cli_reference
 from ..training.data import DEGRADATIONS, load_split
 from ..training.evaluate import (
@@ -25,6 +25,7 @@ from ..training.evaluate import (
     reencoded_folder,
 )
 from ..util import write_atomically
+from .arguments import add_tta_argument
 
 BASELINE = "baseline"  # the name of `--baseline` in the report
 
@@ -110,10 +111,7 @@ def add_cli(subparsers) -> None:
                         choices=[r for r in RUNTIMES if r != "onnx-int8"],
                         help="what runs the models: eager PyTorch (the default), or onnx (the "
                              "same probabilities to ~1e-5, the teacher 2-3x faster on a CPU)")
-    parser.add_argument("--tta", choices=TTAS, default=DEFAULT_TTA,
-                        help="test-time augmentation of every model, the baseline included: "
-                             "flip (the default, as the app answers: each crop's logit averaged "
-                             "with its mirror image's; twice the time) or none")
+    add_tta_argument(parser, models="every model, the baseline included")
     parser.add_argument("--baseline-tta", choices=TTAS, default=None,
                         help="the baseline's test-time augmentation (default: --tta's), e.g. "
                              "--tta flip --baseline-tta none with the same weights as "
