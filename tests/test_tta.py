@@ -142,3 +142,23 @@ def test_the_app_serves_both_models_with_the_tta_the_environment_names(monkeypat
     monkeypatch.setenv("DEEPFAKE_KD_TTA", "five-crop")
     with pytest.raises(DeepfakeKDError, match="DEEPFAKE_KD_TTA=five-crop: choose one of"):
         load_app_models()
+
+
+def test_bench_checks_a_runtime_against_eager_with_the_same_tta(crop_folder, tmp_path):
+    """`bench --auc-manifest`: a flip-averaged model in ONNX Runtime is compared with the
+    flip-averaged eager model, so the difference reported is the runtime's alone."""
+    pytest.importorskip("onnxruntime")
+    from deepfake_kd.tools.bench import runtime_auc
+
+    model = StudentCNN(**TINY_STUDENT).eval()
+    with torch.no_grad():  # a head far from symmetric: flip then changes the probabilities
+        for module in model.modules():
+            if isinstance(module, torch.nn.Linear) and module.out_features == 1:
+                module.weight.normal_(0, 2, generator=torch.Generator().manual_seed(0))
+    served = with_tta(accelerate(model, "onnx", cache_dir=tmp_path), "flip")
+    out = runtime_auc({"student": model}, {"student": served}, str(crop_folder), split="train",
+                      cache_dir=str(tmp_path / "cache"))["student"]
+    crops, _ = load_split(crop_folder, "train", cache_dir=tmp_path / "cache")
+    flip_gap = np.abs(predict_crops(served, crops) - predict_crops(model, crops)).max()
+    assert out["tta"] == "flip" and out["runtime"] == "onnx"
+    assert out["max_abs_prob_difference"] < 1e-4 < flip_gap

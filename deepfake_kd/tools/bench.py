@@ -350,14 +350,16 @@ def run_bench(models: Mapping[str, FaceClassifier], *, sources: Mapping[str, str
 def runtime_auc(eager: Mapping[str, FaceClassifier], models: Mapping[str, FaceClassifier],
                 manifest: str, *, split: str, cache_dir: str = "cache") -> dict:
     """For each model not run eagerly: its AUC on a split's face crops in its runtime and in
-    eager, and the largest probability difference between the two."""
+    eager (with the same test-time augmentation), and the largest probability difference
+    between the two."""
     crops, labels = load_split(manifest, split, cache_dir=cache_dir)
     out = {"manifest": str(manifest), "split": split, "crops": int(len(labels))}
     for name, model in models.items():
-        if model is eager[name]:  # --runtime eager
+        if model.runtime == "eager":  # --runtime eager
             continue
-        probs, reference = predict_crops(model, crops), predict_crops(eager[name], crops)
-        entry = {"runtime": model.runtime,
+        probs = predict_crops(model, crops)
+        reference = predict_crops(with_tta(eager[name], model.tta), crops)
+        entry = {"runtime": model.runtime, "tta": model.tta,
                  "auc": binary_metrics(labels, probs)["auc"],
                  "eager_auc": binary_metrics(labels, reference)["auc"],
                  "max_abs_prob_difference": float(np.abs(probs - reference).max())}
