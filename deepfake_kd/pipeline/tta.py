@@ -12,8 +12,11 @@ report, with fewer real faces called fake. Hence `DEFAULT_TTA`: what the app, `a
 `with_tta(model, "flip")` wraps any model of the one interface, in any runtime (wrap after
 `pipeline.runtime.accelerate`: the ONNX export stays the plain model's, so its cache is shared):
 each call runs the model once on a batch of 2N (the crops, then their mirrors) and returns the
-mean of each pair of outputs, logits or pre-logit features alike. It costs twice the model's
-time per face, for teacher and student alike, so the ratio between them is unchanged.
+mean of each pair of outputs, logits or pre-logit features alike. It costs about twice the
+model's time per face, except where a call is mostly overhead: on the 2-core Xeon a face at
+batch 1 took the teacher only 1.05-1.33x its one-pass time, the student 1.5-1.9x, so the
+student's lead at batch 1 shrinks (`bench --tta flip`: -95.0 to -95.2% against -96.4 to -96.7%
+with one pass; README "Performance").
 """
 
 from __future__ import annotations
