@@ -14,7 +14,7 @@ report, with fewer real faces called fake. Hence `DEFAULT_TTA`: what the app, `a
 each call runs the model once on a batch of 2N (the crops, then their mirrors) and returns the
 mean of each pair of outputs, logits or pre-logit features alike. It costs about twice the
 model's time per face, except where a call is mostly overhead: on the 2-core Xeon a face at
-batch 1 took the teacher only 1.05-1.33x its one-pass time, the student 1.5-1.9x, so the
+batch 1 took the teacher only 1.0-1.3x its one-pass time, the student 1.2-1.9x, so the
 student's lead at batch 1 shrinks (`bench --tta flip`: -95.0 to -95.2% against -96.4 to -96.7%
 with one pass; README "Performance").
 """
