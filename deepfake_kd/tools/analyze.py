@@ -78,12 +78,18 @@ def apply_runtimes(models: dict[str, FaceClassifier], sources: dict[str, str],
     chosen = parse_runtimes(runtimes, models)
     crops = calibration_crops(calibration) if calibration and "onnx-int8" in chosen.values() \
         else None
-    tags = {name: ([runtime] if runtime != DEFAULT_RUNTIME else [])
-            + ([f"tta {tta}"] if tta != DEFAULT_TTA else []) for name, runtime in chosen.items()}
+    tags = {name: setting_tags(runtime, tta) for name, runtime in chosen.items()}
     return ({name: with_tta(accelerate(model, chosen[name], calibration=crops), tta)
              for name, model in models.items()},
             {name: source + (f" [{', '.join(tags[name])}]" if tags[name] else "")
              for name, source in sources.items()})
+
+
+def setting_tags(runtime: str, tta: str) -> list[str]:
+    """What a label says of how a model ran: its runtime and test-time augmentation, each only
+    where it is not the default."""
+    return ([runtime] if runtime != DEFAULT_RUNTIME else []) \
+        + ([f"tta {tta}"] if tta != DEFAULT_TTA else [])
 
 
 def format_summary(result: AnalysisResult) -> str:

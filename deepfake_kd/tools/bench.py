@@ -45,8 +45,8 @@ from ..models import FaceClassifier, load_model, predict_crops
 from ..pipeline.analysis import OVERLAP_DECODING, analysis_steps, analyze_video
 from ..pipeline.explain import GRADCAM_BATCH, explain_crops
 from ..pipeline.faces import CROP_SIZE, FaceDetector
-from ..pipeline.runtime import DEFAULT_RUNTIME, accelerate
-from ..pipeline.tta import DEFAULT_TTA, TTA_PASSES, with_tta
+from ..pipeline.runtime import accelerate
+from ..pipeline.tta import TTA_PASSES, with_tta
 from ..pipeline.video import quiet_ffmpeg
 from ..roles import add_model_arguments, load_cli_models
 from ..serving.examples import FACE_CENTRE as PHOTO_FACE_CENTRE
@@ -54,7 +54,7 @@ from ..serving.examples import PHOTO
 from ..training.data import load_split
 from ..training.metrics import binary_metrics
 from ..util import atomic_path, write_atomically
-from .analyze import add_runtime_argument, apply_runtimes, parse_runtimes
+from .analyze import add_runtime_argument, apply_runtimes, parse_runtimes, setting_tags
 from .arguments import positive_int
 
 DEFAULT_BATCH_SIZES = (1, 32)
@@ -390,9 +390,7 @@ def format_report(report: dict) -> str:
             cells.append(f"{lat['per_face_ms']:>12.3f} ({lat['p10_ms'] / batch:.3f}-"
                          f"{lat['p90_ms'] / batch:.3f})".rjust(30)
                          + f" {lat['gflops_per_s']:>7.1f}")
-        tags = ([info["runtime"]] if info["runtime"] != DEFAULT_RUNTIME else []) \
-            + ([f"tta {info.get('tta', 'none')}"] if info.get("tta", "none") != DEFAULT_TTA
-               else [])
+        tags = setting_tags(info["runtime"], info.get("tta", "none"))  # older reports: none
         label = f"{name} [{', '.join(tags)}]" if tags else name
         lines.append(f"{label:<20} {info['parameters']:>11,} "
                      f"{info['flops_per_face'] / 1e9:>10.3f}  " + "  ".join(cells))

@@ -46,9 +46,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
         scored = dict(models)
         pairs = [(BASELINE, role) for role in models] if args.baseline else []
         if args.baseline:
-            scored[BASELINE] = prepare(args.baseline, args.baseline_tta or args.tta)
-            report["references"][BASELINE] = args.baseline
             report["baseline_tta"] = args.baseline_tta or args.tta
+            scored[BASELINE] = prepare(args.baseline, report["baseline_tta"])
+            report["references"][BASELINE] = args.baseline
         if len(models) == 2:
             pairs.append(("teacher", "student"))
         conditions = ("clean",) if args.no_robustness else ("clean", *DEGRADATIONS)
