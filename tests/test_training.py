@@ -1,6 +1,9 @@
 """Training, distillation and metrics, on tiny models and crops the tests make themselves."""
 
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -12,6 +15,7 @@ from deepfake_kd.training.data import Augment, load_crops, read_samples
 from deepfake_kd.training.distill import distillation_loss
 from deepfake_kd.training.metrics import binary_metrics, paired_auc_difference, roc_auc
 from deepfake_kd.training.train import CropFeed, FitConfig, fit, hard_loss, schedule
+from deepfake_kd.util import keep_freed_heap
 
 TINY_STUDENT = {"widths": [4, 8], "image_size": 32}
 TINY_EFFICIENTNET = {"num_stages": 2, "head_channels": 8, "image_size": 32}
@@ -497,3 +501,48 @@ def test_teacher_trunks_can_start_from_a_trained_baseline(tmp_path):
     for trunk in (teacher.sm_embedder.trunk, teacher.lg_embedder.trunk):
         assert torch.equal(trunk.conv_stem.weight, baseline.trunk.conv_stem.weight)
     assert torch.equal(teacher.sm_embedder.trunk.conv_head.weight, baseline.trunk.conv_head.weight)
+
+
+HEAP_PROBE = """
+import ctypes, sys
+from deepfake_kd.util import keep_freed_heap
+names = "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()
+Info = type("Info", (ctypes.Structure,), {"_fields_": [(n, ctypes.c_size_t) for n in names]})
+libc = ctypes.CDLL("libc.so.6")
+libc.mallinfo2.restype, libc.malloc.restype = Info, ctypes.c_void_p
+kept = keep_freed_heap() if sys.argv[1] == "keep" else None
+block = libc.malloc(64 << 20)
+during = libc.mallinfo2().hblkhd >> 20
+libc.free(ctypes.c_void_p(block))
+print(kept, during, libc.mallinfo2().arena >> 20)
+"""
+
+
+def heap_probe(mode: str) -> list[str]:
+    """In a fresh process (the policy is process-wide): malloc and free a 64 MB block; print
+    keep_freed_heap's answer, the MB glibc served by mmap while it was held, and the MB its heap
+    holds after the free."""
+    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}  # glibc's malloc itself
+    done = subprocess.run([sys.executable, "-c", HEAP_PROBE, mode], capture_output=True,
+                          text=True, env=env, timeout=60)
+    if "mallinfo2" in done.stderr:
+        pytest.skip("not glibc 2.33 or later")
+    assert done.returncode == 0, done.stderr
+    return done.stdout.split()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
+def test_keep_freed_heap_serves_large_blocks_from_a_heap_it_keeps():
+    kept, during, heap = heap_probe("keep")
+    assert kept == "True"
+    assert int(during) < 64 and int(heap) >= 64  # from the heap, and still there after the free
+    _, during, heap = heap_probe("default")
+    assert int(during) >= 64 and int(heap) < 64  # glibc's default: mapped, and handed back
+
+
+def test_keep_freed_heap_is_a_no_op_without_glibc(monkeypatch):
+    def no_libc(*args, **kwargs):
+        raise OSError("libc.so.6: cannot open shared object file")
+
+    monkeypatch.setattr("ctypes.CDLL", no_libc)
+    assert keep_freed_heap() is False
