@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -11,11 +12,11 @@ import torch
 
 from deepfake_kd.cli import main
 from deepfake_kd.models import StudentCNN, load_model
-from deepfake_kd.training.data import Augment, load_crops, read_samples
+from deepfake_kd.training.data import Augment, decode_crop, load_crops, read_samples
 from deepfake_kd.training.distill import distillation_loss
 from deepfake_kd.training.metrics import binary_metrics, paired_auc_difference, roc_auc
 from deepfake_kd.training.train import CropFeed, FitConfig, fit, hard_loss, schedule
-from deepfake_kd.util import keep_freed_heap
+from deepfake_kd.util import fork_map, keep_freed_heap
 
 TINY_STUDENT = {"widths": [4, 8], "image_size": 32}
 TINY_EFFICIENTNET = {"num_stages": 2, "head_channels": 8, "image_size": 32}
@@ -104,6 +105,8 @@ def test_folder_dataset_and_crop_cache(crop_folder, tmp_path):
     crops = load_crops(root, samples, cache_dir=tmp_path)
     assert crops.shape == (48, 224, 224, 3) and crops.dtype == np.uint8
     assert len(list(tmp_path.glob("crops-*.npy"))) == 1
+    for i in (0, 31, 47):  # decoded in worker processes, in order
+        assert np.array_equal(crops[i], decode_crop(root / samples[i].file))
     again = load_crops(root, samples, cache_dir=tmp_path)
     assert np.array_equal(np.asarray(again), crops)
 
@@ -201,6 +204,33 @@ def test_view_feed_makes_each_view_again_and_says_which_it_drew(crop_folder):
     assert drawn.shape == (6,) and set(drawn.tolist()) <= {0, 1, 2}
     with torch.no_grad():
         assert torch.allclose(outputs["logit"], model(model.preprocess(feed.images(index, drawn))))
+
+
+def test_view_feed_makes_a_large_batch_in_worker_processes_as_it_would_alone(crop_folder):
+    """The teacher's chunks of views are made by forked workers (fork_map): the same pixels as
+    a step's batch made in this process, view by view."""
+    from deepfake_kd.training.train import ViewFeed
+
+    crops, _ = training_data(crop_folder)
+    feed = ViewFeed(crops, Augment(), views=3, seed=2)
+    index = torch.arange(520) % len(crops)
+    view = torch.arange(520) % 3
+    together = feed.images(index, view)  # 520 >= 512: the forked path
+    alone = torch.cat([feed.images(index[i:i + 40], view[i:i + 40]) for i in range(0, 520, 40)])
+    assert torch.equal(together, alone)
+
+
+def test_fork_map_returns_every_item_in_order_from_several_processes():
+    offset = np.arange(100) * 3  # read by the workers without being sent to them
+    def job(i):
+        time.sleep(0.002)  # long enough that one worker cannot take every chunk
+        return int(offset[i]) + 1, os.getpid()
+
+    out = fork_map(job, 100, workers=3, chunk=7)
+    assert [value for value, _ in out] == [3 * i + 1 for i in range(100)]
+    assert len({pid for _, pid in out}) > 1 and os.getpid() not in {pid for _, pid in out}
+    assert fork_map(lambda i: os.getpid(), 5, workers=1) == [os.getpid()] * 5
+    assert fork_map(lambda i: i, 0) == []
 
 
 def test_mixed_views_are_blends_of_two_crops_views_with_the_blend_of_their_labels(crop_folder):

@@ -12,6 +12,7 @@ import csv
 import hashlib
 import zlib
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import cv2
@@ -19,7 +20,7 @@ import numpy as np
 import torch
 
 from ..errors import DeepfakeKDError
-from ..util import atomic_path
+from ..util import atomic_path, fork_map
 
 LABELS = {"real": 0, "fake": 1}
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
@@ -78,6 +79,10 @@ def decode_crop(path: Path, size: int = CROP_SIZE) -> np.ndarray:
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
+def decode_nth(paths: list[Path], size: int, i: int) -> np.ndarray:
+    return decode_crop(paths[i], size)
+
+
 def load_crops(root: Path, samples: list[Sample], *, cache_dir: str | Path | None = None,
                size: int = CROP_SIZE, progress: bool = False) -> np.ndarray:
     """All crops as uint8 [N, size, size, 3], decoded once and memory-mapped from the cache."""
@@ -87,13 +92,15 @@ def load_crops(root: Path, samples: list[Sample], *, cache_dir: str | Path | Non
     if cache is not None and cache.is_file():
         return np.load(cache, mmap_mode="r")
     crops = np.empty((len(samples), size, size, 3), dtype=np.uint8)
-    iterator = range(len(samples))
+    block = 4096
+    starts = range(0, len(samples), block)
     if progress:
         from tqdm import tqdm
 
-        iterator = tqdm(iterator, desc="decoding crops", unit="img")
-    for i in iterator:
-        crops[i] = decode_crop(root / samples[i].file, size)
+        starts = tqdm(starts, desc=f"decoding {len(samples)} crops, {block} at a time")
+    for start in starts:
+        paths = [root / s.file for s in samples[start:start + block]]
+        crops[start:start + len(paths)] = fork_map(partial(decode_nth, paths, size), len(paths))
     if cache is not None:
         with atomic_path(cache) as tmp:
             np.save(tmp, crops)

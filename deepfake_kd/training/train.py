@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from ..errors import DeepfakeKDError
 from ..models import EfficientNetTrunk, FaceClassifier, load_model, save_model
 from ..models.cross_efficient_vit import ImageEmbedder
-from ..util import atomic_path, keep_freed_heap
+from ..util import atomic_path, fork_map, keep_freed_heap
 from .data import Augment, batches, to_tensor
 from .metrics import binary_metrics
 
@@ -257,10 +257,16 @@ class ViewFeed:
         views were made beforehand, at the student's size: `distill.cached_views`)."""
         if self.made is not None:
             return torch.from_numpy(self.made[index.numpy(), view.numpy()]).permute(0, 3, 1, 2)
-        cv2.setNumThreads(1)
-        out = [self.augment.one(np.asarray(self.crops[i]),
-                                np.random.default_rng((self.seed, int(i), int(k))))
-               for i, k in zip(index.tolist(), view.tolist())]
+        pairs = list(zip(index.tolist(), view.tolist()))
+
+        def one(j: int) -> np.ndarray:
+            cv2.setNumThreads(1)
+            i, k = pairs[j]
+            return self.augment.one(np.asarray(self.crops[i]),
+                                    np.random.default_rng((self.seed, i, k)))
+
+        # a step's batch serially; the teacher's chunks of 2,048 views over every CPU
+        out = fork_map(one, len(pairs), workers=None if len(pairs) >= 512 else 1)
         return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2)
 
     def images(self, index: torch.Tensor, view: torch.Tensor) -> torch.Tensor:
