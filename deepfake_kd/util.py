@@ -82,6 +82,14 @@ def keep_freed_heap() -> bool:
     return bool(mallopt(m_mmap_max, 0)) and bool(mallopt(m_trim_threshold, 2**31 - 1))
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity, where the system has one: a container's
+    share, not the host's count)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 _FORKED_JOB: Callable[[int], object] | None = None
 
 
@@ -100,7 +108,7 @@ def fork_map(job: Callable[[int], T], n: int, *, workers: int | None = None,
     and results come back. `job` must not touch torch's thread pools or a GPU (a fork does not
     copy their threads). Serial where only one worker would run, or where fork does not exist."""
     global _FORKED_JOB
-    workers = workers or len(os.sched_getaffinity(0))
+    workers = workers or usable_cpus()
     workers = min(workers, -(-n // chunk))
     if workers <= 1 or "fork" not in multiprocessing.get_all_start_methods():
         return [job(i) for i in range(n)]

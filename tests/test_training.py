@@ -16,7 +16,7 @@ from deepfake_kd.training.data import Augment, decode_crop, load_crops, read_sam
 from deepfake_kd.training.distill import distillation_loss
 from deepfake_kd.training.metrics import binary_metrics, paired_auc_difference, roc_auc
 from deepfake_kd.training.train import CropFeed, FitConfig, fit, hard_loss, schedule
-from deepfake_kd.util import fork_map, keep_freed_heap
+from deepfake_kd.util import fork_map, keep_freed_heap, usable_cpus
 
 TINY_STUDENT = {"widths": [4, 8], "image_size": 32}
 TINY_EFFICIENTNET = {"num_stages": 2, "head_channels": 8, "image_size": 32}
@@ -231,6 +231,14 @@ def test_fork_map_returns_every_item_in_order_from_several_processes():
     assert len({pid for _, pid in out}) > 1 and os.getpid() not in {pid for _, pid in out}
     assert fork_map(lambda i: os.getpid(), 5, workers=1) == [os.getpid()] * 5
     assert fork_map(lambda i: i, 0) == []
+
+
+def test_usable_cpus_is_the_affinity_or_else_the_cpu_count(monkeypatch):
+    if hasattr(os, "sched_getaffinity"):
+        assert usable_cpus() == len(os.sched_getaffinity(0))
+        monkeypatch.delattr(os, "sched_getaffinity")
+    monkeypatch.setattr(os, "cpu_count", lambda: 3)
+    assert usable_cpus() == 3
 
 
 def test_mixed_views_are_blends_of_two_crops_views_with_the_blend_of_their_labels(crop_folder):
