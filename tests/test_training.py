@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from deepfake_kd.cli import main
+from deepfake_kd.errors import DeepfakeKDError
 from deepfake_kd.models import StudentCNN, load_model
 from deepfake_kd.training.data import Augment, decode_crop, load_crops, read_samples
 from deepfake_kd.training.distill import distillation_loss
@@ -148,6 +149,15 @@ def test_a_few_steps_lower_the_loss(crop_folder, tmp_path):
     best = load_model(str(tmp_path / "best"))
     assert isinstance(best, StudentCNN)
     assert json.loads((tmp_path / "history.json").read_text())[-1]["step"] == 18
+
+
+def test_fewer_items_than_one_batch_is_an_error_not_an_endless_loop(crop_folder, tmp_path):
+    crops, labels = training_data(crop_folder)
+    with pytest.raises(DeepfakeKDError, match="fewer than one batch.*--batch-size"):
+        fit(StudentCNN(**TINY_STUDENT), train=CropFeed(crops), train_targets={"label": labels},
+            val=CropFeed(crops), val_labels=labels, out_dir=tmp_path, progress=False,
+            log=lambda m: None, config=FitConfig(batch_size=len(crops) + 1, epochs=1))
+    assert not (tmp_path / "checkpoint.pt").exists()
 
 
 def test_training_resumes_from_its_checkpoint(crop_folder, tmp_path):

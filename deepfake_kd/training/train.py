@@ -411,6 +411,9 @@ def fit(model: FaceClassifier, *, train: CropFeed | MapFeed | ViewFeed,
     """Train `model` in place; keep `out_dir/best` (highest val AUC) and a resumable checkpoint.
     A `TrainableLoss` trains with the model (its parameters in the same groups) and gets the
     model's pre-logit features."""
+    if len(train) < config.batch_size:  # no full batch: the step loop would never advance
+        raise DeepfakeKDError(f"{len(train)} training items, fewer than one batch of "
+                              f"{config.batch_size}: lower --batch-size or raise --limit")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if config.threads:
