@@ -316,6 +316,26 @@ def test_teacher_view_logits_are_the_teachers_logits_of_those_views(crop_folder,
         assert np.allclose(both[:, 2], teacher(teacher.preprocess(images)).numpy(), atol=1e-5)
 
 
+def test_teacher_view_logits_autocast_where_the_teacher_runs(crop_folder, tmp_path,
+                                                            monkeypatch):
+    """--bf16 on a GPU run: the teacher's autocast is a CUDA one (a CPU autocast did nothing)."""
+    from deepfake_kd.training import distill
+    from deepfake_kd.training.train import ViewFeed
+
+    crops, _ = training_data(crop_folder)
+    seen, autocast = [], torch.autocast
+
+    def spy(device_type, *, dtype, enabled):
+        seen.append((device_type, dtype, enabled))
+        return autocast("cpu", dtype=dtype, enabled=False)  # no GPU here: record, run plain
+
+    monkeypatch.setattr(distill.torch, "autocast", spy)
+    feed = ViewFeed(crops[:4], Augment(), views=1, seed=2)
+    distill.cached_view_logits("in-memory", StudentCNN(**TINY_STUDENT).eval(), feed, tmp_path,
+                               bf16=True, device_type="cuda", chunk=2, log=lambda m: None)
+    assert seen == [("cuda", torch.bfloat16, True)] * 2  # one per chunk
+
+
 def test_teacher_view_features_are_its_pre_logits_of_those_views(crop_folder, tmp_path):
     from deepfake_kd.models import CrossEfficientViT
     from deepfake_kd.pipeline.runtime import accelerate

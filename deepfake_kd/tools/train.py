@@ -217,7 +217,8 @@ def run_distill(args: argparse.Namespace) -> int:
 
         targets["teacher_logit"] = cached_view_logits(
             args.teacher, run_teacher(eager_teacher), views, Path(args.cache_dir),
-            bf16=args.bf16, batch_size=64 if device.type == "cpu" else 512, log=log)
+            bf16=args.bf16, device_type=device.type,
+            batch_size=64 if device.type == "cpu" else 512, log=log)
         plain = targets["teacher_logit"][:, :args.views]
         teacher_auc = binary_metrics(np.repeat(train_labels, args.views),
                                      1 / (1 + np.exp(-plain.ravel())))

@@ -94,8 +94,8 @@ class FeatureDistillation(TrainableLoss):
 
 
 def cached_view_logits(teacher_ref: str, teacher: FaceClassifier, views: ViewFeed,
-                       cache_dir: Path, *, bf16: bool = False, chunk: int = 2048,
-                       batch_size: int = 64, log=print) -> np.ndarray:
+                       cache_dir: Path, *, bf16: bool = False, device_type: str = "cpu",
+                       chunk: int = 2048, batch_size: int = 64, log=print) -> np.ndarray:
     """The teacher's logit for every view of every crop, plain and blended, float32
     [N, views.total]: the student's targets for the very images it sees (function matching).
     Running the teacher on augmented views, not on the clean crop, is the point: the
@@ -103,12 +103,13 @@ def cached_view_logits(teacher_ref: str, teacher: FaceClassifier, views: ViewFee
     logit would teach the student to be sure where the teacher itself is not. Cached in chunks
     of `chunk` crops per view, keyed by the teacher's weights, the crops and the views' recipe,
     so a killed run resumes at the chunk it was in. `batch_size`: 64 suits a CPU; a GPU runs
-    the teacher's many small kernels faster in larger batches."""
+    the teacher's many small kernels faster in larger batches. `bf16` autocasts on
+    `device_type`, where the teacher runs (an autocast for another device type does nothing)."""
     key = teacher_views_key(teacher_ref, teacher, views, bf16)
     folder = Path(cache_dir) / f"teacher-views-{key}"
 
     def score(images: np.ndarray) -> np.ndarray:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):
             return feed_forward(teacher, CropFeed(images), batch_size=batch_size)
 
     out = np.empty((len(views), views.total), dtype=np.float32)
